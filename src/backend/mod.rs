@@ -1,0 +1,144 @@
+//! Storage drivers. Each driver is one file behind the [`Backend`] trait; the
+//! engine holds `Box<dyn Backend>` per pool and never knows which driver it
+//! talks to. A backend knows layers only by their numeric id: client keys
+//! never reach it, so they can never become paths or mount options.
+//!
+//! Contract shared by every driver (the conformance suite checks it):
+//! - `create` makes an empty layer or a copy-on-write child of `parents[0]`;
+//!   it is only called for an id that does not exist yet, and a half-done
+//!   `create` is undone by `discard`.
+//! - `commit`, `remove`, `discard` are idempotent: recovery may repeat them.
+//! - `remove` is cheap (e.g. a rename into the pool's trash); `purge` frees
+//!   the space later and says how much.
+
+pub mod dirpool;
+pub mod overlay;
+pub mod vfs;
+
+use std::path::{Path, PathBuf};
+
+use crate::engine::error::ErrorKind;
+use crate::engine::types::Kind;
+use crate::sys::mount::MountSpec;
+
+/// What a backend reports of its space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Space {
+    pub data_size: u64,
+    pub data_used: u64,
+    pub metadata_size: u64,
+    pub metadata_used: u64,
+    pub read_only: bool,
+}
+
+/// Something found in the pool's storage, for start-up reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// A layer named by its id.
+    Layer(u64),
+    /// Something layerd did not name: never deleted, only quarantined.
+    Unknown(PathBuf),
+}
+
+/// A layer's place in its chain, as backends need it.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerRef<'a> {
+    pub id: u64,
+    pub kind: Kind,
+    /// Ancestor ids, nearest first.
+    pub parents: &'a [u64],
+}
+
+pub trait Backend: Send + Sync {
+    /// `overlay`, `vfs`, …
+    fn driver(&self) -> &'static str;
+    /// `directory`, `loop`, `device`, `existing`.
+    fn backing(&self) -> &'static str;
+    /// Where the pool lives (directory, device or mount point).
+    fn path(&self) -> &Path;
+
+    /// Creates layer `l.id` (empty, or a child of `l.parents[0]`).
+    fn create(&self, l: LayerRef<'_>) -> Result<(), BackendError>;
+    /// Makes an active layer immutable in whatever way the driver can.
+    fn commit(&self, id: u64) -> Result<(), BackendError>;
+    /// Takes the layer out of use (cheaply); its space is freed by `purge`.
+    fn remove(&self, id: u64) -> Result<(), BackendError>;
+    /// Undoes a half-done `create`; no error if nothing exists.
+    fn discard(&self, id: u64) -> Result<(), BackendError>;
+    /// Frees the space of removed layers; returns the bytes freed.
+    fn purge(&self) -> Result<u64, BackendError>;
+    /// Whether layer `id` exists in storage.
+    fn exists(&self, id: u64) -> bool;
+
+    /// Mount specs a runtime can hand to mount(8), or `None` when the
+    /// kernel could not take them in one mount(2) call (then the engine
+    /// mounts the layer itself and hands out a bind of that).
+    fn mounts(&self, l: LayerRef<'_>) -> Result<Option<Vec<MountSpec>>, BackendError>;
+    /// Mounts the layer at `target` (an existing empty directory), for any
+    /// chain depth the kernel supports, and verifies the result.
+    fn mount(&self, l: LayerRef<'_>, target: &Path) -> Result<(), BackendError>;
+
+    /// Bytes and inodes of this layer alone (parents excluded).
+    fn usage(&self, l: LayerRef<'_>) -> Result<(u64, u64), BackendError>;
+    /// Space of the whole pool.
+    fn space(&self) -> Result<Space, BackendError>;
+
+    /// Everything in storage, for reconciliation.
+    fn scan(&self) -> Result<Vec<Found>, BackendError>;
+    /// Moves something unknown aside without deleting it; returns where.
+    fn quarantine(&self, what: &Path) -> Result<PathBuf, BackendError>;
+    /// The deepest chain (lower layers) this driver can mount, if limited.
+    fn max_depth(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Backend failures. Messages name the layer id, path and operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Mount(#[from] crate::sys::mount::MountError),
+    #[error(transparent)]
+    Copy(#[from] crate::sys::copytree::CopyError),
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("pool storage at {path} is unusable: {why}")]
+    Unusable { path: PathBuf, why: String },
+}
+
+impl BackendError {
+    pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        BackendError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BackendError::Io { source, .. } => io_kind(source),
+            BackendError::NotSupported(_) => ErrorKind::NotSupported,
+            BackendError::Mount(crate::sys::mount::MountError::OptionsTooLong { .. }) => {
+                ErrorKind::NotSupported
+            }
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+fn io_kind(e: &std::io::Error) -> ErrorKind {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::PoolFull,
+        Some(libc::EBUSY) => ErrorKind::Busy,
+        Some(libc::EROFS) => ErrorKind::FailedPrecondition,
+        _ => ErrorKind::Internal,
+    }
+}

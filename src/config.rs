@@ -1,0 +1,2574 @@
+//! The daemon's configuration: `/etc/layerd/layerd.toml`.
+//!
+//! The key names are the contract of DESIGN.md ("Config shape"); the
+//! documented default file is `config/layerd.toml`.
+//!
+//! Loading has three steps, and nothing is created on disk by any of them:
+//! 1. TOML is deserialized into private `Raw*` structs that mirror the file
+//!    (every key optional, unknown keys rejected by `deny_unknown_fields`);
+//! 2. the raw structs are resolved into the public [`Config`]: defaults are
+//!    filled in and keys that do not apply to a pool's driver or backing are
+//!    rejected, so that a misplaced key never goes silently unused;
+//! 3. the resolved [`Config`] is validated: names, paths, thresholds, and
+//!    whether each pool's path is usable on this host (stat, statfs and
+//!    access(2) only).
+//!
+//! Every error is one line naming the file, line, column and key, e.g.
+//! `/etc/layerd/layerd.toml:12:16: pool "main": monitor.warn_percent:
+//! expected an integer 0–100, found string "high"`. Spans come from the toml
+//! parser; to point at keys, the text is also read into a small spanned tree
+//! (`Tree`) that maps a byte span back to a key path, and a key path to a
+//! span.
+//!
+//! Rules chosen where DESIGN.md leaves room (also documented in layerd.toml):
+//! - overlay and vfs pools live in a directory: `backing` may be omitted or
+//!   `"existing"` (a directory is an existing backing); `loop` and `device`
+//!   are errors. Their resolved backing is [`Backing::Existing`].
+//! - thin and btrfs default to `backing = "loop"`; `size` is required for
+//!   loop backing and rejected for the others.
+//! - `path` defaults to `<state_dir>/<name>`, except for `device` backing and
+//!   existing thin pools, where there is nothing to guess and it is required.
+//!   An existing thin pool is named by its `/dev/mapper/<name>` path: every
+//!   path in the file is absolute.
+//! - thin keys are errors on other drivers (`metadata_device` needs
+//!   `backing = "device"`, `metadata_size` a backing layerd creates);
+//!   `balance*` keys are errors on non-btrfs pools; `autoextend_*` keys are
+//!   errors on overlay/vfs pools (a directory cannot grow).
+//! - pool paths must not be equal or nested, nor contain `state_dir` or
+//!   `run_dir`, nor lie inside `run_dir`; `balance_*usage` lists are
+//!   non-empty and strictly ascending; `min_free_percent` < 100;
+//!   `warn_percent` < `critical_percent`.
+//! - with no config file the daemon uses [`builtin_default`].
+//! - sizes are whole numbers with an optional binary unit: `K`, `M`, `G`, `T`,
+//!   `P`, `E` (also `KB`/`KiB`…, any case, all meaning powers of 1024).
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use nix::unistd::AccessFlags;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where the daemon looks for its config when not told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/layerd/layerd.toml";
+/// `[daemon] state_dir` default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/layerd";
+/// `[daemon] run_dir` default.
+pub const DEFAULT_RUN_DIR: &str = "/run/layerd";
+/// `[daemon] default_pool` default, and the name of the built-in pool.
+pub const DEFAULT_POOL: &str = "main";
+/// Sparse file size of the built-in loop-backed pool (thin/btrfs).
+pub const DEFAULT_LOOP_SIZE: u64 = 100 << 30;
+/// `block_size` default: dm-thin's smallest chunk.
+pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
+/// `base_size` default: size of each thin layer's file system.
+pub const DEFAULT_BASE_SIZE: u64 = 10 << 30;
+/// `autoextend_max` default.
+pub const DEFAULT_AUTOEXTEND_MAX: u64 = 500 << 30;
+/// `trim` default.
+pub const DEFAULT_TRIM: &str = "weekly";
+/// `balance` default (btrfs pools).
+pub const DEFAULT_BALANCE: &str = "daily";
+/// The daemon's exit status for a bad config file.
+pub const EXIT_BAD_CONFIG: i32 = 2;
+
+/// Name shown in errors about a config that did not come from a file.
+const BUILTIN_ORIGIN: &str = "(built-in default config)";
+
+// ---------------------------------------------------------------------------
+// Public, resolved configuration
+// ---------------------------------------------------------------------------
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    /// `[[pool]]` tables, in file order; never empty once validated.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// The store, and the default home of pools and loop files.
+    pub state_dir: PathBuf,
+    /// The daemon's own mounts (the D-Bus `Mount` method).
+    pub run_dir: PathBuf,
+    /// Pool for parentless layers without a `layerd.io/pool` label.
+    pub default_pool: String,
+}
+
+/// `driver = "…"` of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Driver {
+    Thin,
+    Btrfs,
+    Overlay,
+    Vfs,
+}
+
+/// `backing = "…"` of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backing {
+    /// A sparse file the daemon creates and attaches to a loop device.
+    Loop,
+    /// A block device the admin names.
+    Device,
+    /// An existing dm thin pool, a mounted btrfs, or a directory.
+    Existing,
+}
+
+/// `fs = "…"` of a thin pool: the file system made on each thin layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThinFs {
+    Xfs,
+    Ext4,
+}
+
+/// One `[[pool]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub driver: Driver,
+    /// Resolved: thin/btrfs default to `Loop`; overlay/vfs are always
+    /// `Existing` (a directory).
+    pub backing: Backing,
+    /// Resolved: defaults to `<state_dir>/<name>`; absolute and normalized.
+    pub path: PathBuf,
+    /// Sparse file size in bytes: `Some` exactly for `Loop` backing.
+    pub size: Option<u64>,
+    /// `Some` exactly for `driver = "thin"`.
+    pub thin: Option<ThinConfig>,
+    pub monitor: MonitorConfig,
+    pub maintenance: MaintenanceConfig,
+}
+
+/// Thin-only keys of a `[[pool]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThinConfig {
+    /// Separate metadata device (`device` backing only).
+    pub metadata_device: Option<PathBuf>,
+    /// Metadata size in bytes; `None` lets the daemon size it from the data.
+    pub metadata_size: Option<u64>,
+    /// dm-thin chunk size in bytes (multiple of 64 KiB, 64 KiB–1 GiB).
+    pub block_size: u64,
+    /// Size of each layer's thin device and file system, in bytes.
+    pub base_size: u64,
+    pub fs: ThinFs,
+}
+
+/// `[pool.monitor]`: percentages of data (and metadata) space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorConfig {
+    pub warn_percent: u8,
+    pub critical_percent: u8,
+    /// New layers are refused while less than this is free.
+    pub min_free_percent: u8,
+    /// Growth step for loop/LVM backings, in percent of the current size;
+    /// 0 disables autoextension. Unused by overlay/vfs pools.
+    pub autoextend_percent: u8,
+    /// Autoextension never grows the pool past this many bytes.
+    pub autoextend_max: u64,
+}
+
+/// `[pool.maintenance]`: systemd calendar specs; `None` means `"none"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceConfig {
+    pub trim: Option<String>,
+    /// btrfs pools only; always `None` for other drivers.
+    pub balance: Option<String>,
+    /// Escalating `-dusage=` filters of a balance, ascending.
+    pub balance_dusage: Vec<u8>,
+    /// Escalating `-musage=` filters of a balance, ascending.
+    pub balance_musage: Vec<u8>,
+}
+
+impl Driver {
+    pub const ALL: [Driver; 4] = [Driver::Thin, Driver::Btrfs, Driver::Overlay, Driver::Vfs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Thin => "thin",
+            Driver::Btrfs => "btrfs",
+            Driver::Overlay => "overlay",
+            Driver::Vfs => "vfs",
+        }
+    }
+
+    /// overlay and vfs pools are plain directories.
+    pub fn is_directory(self) -> bool {
+        matches!(self, Driver::Overlay | Driver::Vfs)
+    }
+}
+
+impl Backing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backing::Loop => "loop",
+            Backing::Device => "device",
+            Backing::Existing => "existing",
+        }
+    }
+}
+
+impl ThinFs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThinFs::Xfs => "xfs",
+            ThinFs::Ext4 => "ext4",
+        }
+    }
+}
+
+macro_rules! keyword_impls {
+    ($t:ty, $what:literal, [$($s:literal => $v:expr),+ $(,)?], $hint:expr) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($v),)+
+                    _ => {
+                        let hint: fn(&str) -> Option<&'static str> = $hint;
+                        let mut msg = format!(
+                            "unknown {} {:?}, expected one of {}",
+                            $what,
+                            s,
+                            [$($s),+].join(", ")
+                        );
+                        if let Some(h) = hint(s) {
+                            msg.push_str(" (");
+                            msg.push_str(h);
+                            msg.push(')');
+                        }
+                        Err(msg)
+                    }
+                }
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(de::Error::custom)
+            }
+        }
+    };
+}
+
+keyword_impls!(Driver, "driver", [
+    "thin" => Driver::Thin,
+    "btrfs" => Driver::Btrfs,
+    "overlay" => Driver::Overlay,
+    "vfs" => Driver::Vfs,
+], |s| match s {
+    "aufs" => Some("aufs is not in mainline kernels; use overlay"),
+    "devicemapper" => Some("the device-mapper driver is called thin"),
+    "overlay2" | "overlayfs" => Some("the overlay driver is called overlay"),
+    _ => None,
+});
+keyword_impls!(Backing, "backing", [
+    "loop" => Backing::Loop,
+    "device" => Backing::Device,
+    "existing" => Backing::Existing,
+], |_| None);
+keyword_impls!(ThinFs, "file system", [
+    "xfs" => ThinFs::Xfs,
+    "ext4" => ThinFs::Ext4,
+], |_| None);
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+            default_pool: DEFAULT_POOL.to_string(),
+        }
+    }
+}
+
+impl Default for ThinConfig {
+    fn default() -> Self {
+        ThinConfig {
+            metadata_device: None,
+            metadata_size: None,
+            block_size: DEFAULT_BLOCK_SIZE,
+            base_size: DEFAULT_BASE_SIZE,
+            fs: ThinFs::Xfs,
+        }
+    }
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            warn_percent: 80,
+            critical_percent: 90,
+            min_free_percent: 10,
+            autoextend_percent: 20,
+            autoextend_max: DEFAULT_AUTOEXTEND_MAX,
+        }
+    }
+}
+
+impl MaintenanceConfig {
+    /// Defaults for a pool of `driver`: balance only exists for btrfs.
+    pub fn default_for(driver: Driver) -> Self {
+        MaintenanceConfig {
+            trim: Some(DEFAULT_TRIM.to_string()),
+            balance: (driver == Driver::Btrfs).then(|| DEFAULT_BALANCE.to_string()),
+            balance_dusage: vec![0, 5, 10],
+            balance_musage: vec![0, 5],
+        }
+    }
+}
+
+impl PoolConfig {
+    /// A pool with every default for `driver`, at `<state_dir>/<name>`.
+    /// thin and btrfs get a loop backing of [`DEFAULT_LOOP_SIZE`].
+    pub fn with_defaults(name: &str, driver: Driver, state_dir: &Path) -> Self {
+        let backing = if driver.is_directory() {
+            Backing::Existing
+        } else {
+            Backing::Loop
+        };
+        PoolConfig {
+            name: name.to_string(),
+            driver,
+            backing,
+            path: state_dir.join(name),
+            size: (backing == Backing::Loop).then_some(DEFAULT_LOOP_SIZE),
+            thin: (driver == Driver::Thin).then(ThinConfig::default),
+            monitor: MonitorConfig::default(),
+            maintenance: MaintenanceConfig::default_for(driver),
+        }
+    }
+}
+
+impl Config {
+    /// The config used when there is no config file: one pool named
+    /// `main` under `/var/lib/layerd` on `driver`, which the daemon picks
+    /// (thin, else btrfs, else overlay, as host and build allow).
+    pub fn builtin_default(driver: Driver) -> Config {
+        Config::builtin_default_with(DaemonConfig::default(), driver)
+    }
+
+    /// Like [`Config::builtin_default`] with other daemon settings (e.g. a
+    /// `--state-dir` option): the one pool is named `daemon.default_pool`
+    /// and lives at `<state_dir>/<default_pool>`.
+    pub fn builtin_default_with(daemon: DaemonConfig, driver: Driver) -> Config {
+        let pool = PoolConfig::with_defaults(&daemon.default_pool, driver, &daemon.state_dir);
+        Config {
+            daemon,
+            pools: vec![pool],
+        }
+    }
+
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The pool named by `daemon.default_pool`.
+    pub fn default_pool(&self) -> Option<&PoolConfig> {
+        self.pool(&self.daemon.default_pool)
+    }
+
+    /// Validates a config that did not come from a file (the built-in
+    /// default, or one changed by command-line options), including the
+    /// host checks on pool paths. Errors carry no line number.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let origin = Path::new(BUILTIN_ORIGIN);
+        validate(self, true).map_err(|p| p.into_error(origin, None))
+    }
+}
+
+/// The config used when there is no config file, for this build.
+///
+/// The daemon is to pick the best driver the host and build support, thin,
+/// then btrfs, then overlay ([`Config::builtin_default`] takes the choice);
+/// only the directory drivers exist yet, so this is overlay.
+pub fn builtin_default() -> Config {
+    Config::builtin_default(Driver::Overlay)
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Why a config could not be used. `Display` is one line a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, unreadable, not UTF-8).
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The file was read but is not a valid config.
+    #[error("{}{}: {message}", file.display(), fmt_location(*location))]
+    Invalid {
+        file: PathBuf,
+        /// 1-based (line, column); `None` for configs not read from a file.
+        location: Option<(usize, usize)>,
+        /// The TOML key at fault, as a dotted table path without pool index,
+        /// e.g. `pool.monitor.warn_percent` (empty for syntax errors with no
+        /// recognizable key).
+        key: String,
+        /// The message after the location, naming the pool and key.
+        message: String,
+    },
+}
+
+fn fmt_location(location: Option<(usize, usize)>) -> String {
+    match location {
+        Some((line, column)) => format!(":{line}:{column}"),
+        None => String::new(),
+    }
+}
+
+impl ConfigError {
+    /// The daemon's exit status for a bad config: 2.
+    pub fn exit_code(&self) -> i32 {
+        EXIT_BAD_CONFIG
+    }
+
+    /// True when the file does not exist (the daemon then uses the
+    /// built-in default).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ConfigError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
+    /// (line, column) of the error, when it has one.
+    pub fn location(&self) -> Option<(usize, usize)> {
+        match self {
+            ConfigError::Invalid { location, .. } => *location,
+            ConfigError::Read { .. } => None,
+        }
+    }
+
+    /// The key at fault, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } if !key.is_empty() => Some(key),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------
+
+/// Reads, resolves and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = parse_str(&text, path)?;
+    tracing::debug!(path = %path.display(), pools = config.pools.len(), "config loaded");
+    Ok(config)
+}
+
+/// Like [`load`], but a missing file is `Ok(None)` (use the built-in
+/// default then).
+pub fn load_optional(path: &Path) -> Result<Option<Config>, ConfigError> {
+    match load(path) {
+        Ok(config) => Ok(Some(config)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses and validates config `text` as if read from `origin` (which only
+/// names the file in errors), including the host checks on pool paths.
+pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    parse_inner(text, origin, true)
+}
+
+fn parse_inner(text: &str, origin: &Path, host_checks: bool) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, origin))?;
+    // Parsed again only for spans, which semantic errors point at; a text
+    // that deserialized above always parses here.
+    let tree = toml::from_str::<Tree>(text).ok();
+    let located = |p: Problem| p.into_error(origin, Some((text, tree.as_ref())));
+    let config = resolve(raw).map_err(located)?;
+    validate(&config, host_checks).map_err(located)?;
+    Ok(config)
+}
+
+/// Parses a byte size: a whole number with an optional binary unit, `B`,
+/// `K`, `M`, `G`, `T`, `P` or `E` (also `KB`, `KiB`… in any case; all are
+/// powers of 1024), with optional spaces: `"100G"`, `"512M"`, `"10GiB"`,
+/// `"4096"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    const UNITS: &str = "B, K, M, G, T, P or E (1K = 1024)";
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(format!(
+            "empty size, expected a number with an optional unit {UNITS}"
+        ));
+    }
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    if number.is_empty() {
+        return Err(format!(
+            "invalid size {s:?}: expected a whole number of bytes with an optional unit {UNITS}, e.g. \"100G\""
+        ));
+    }
+    let unit = unit.trim_start();
+    if unit.starts_with('.') {
+        return Err(format!(
+            "invalid size {s:?}: fractions are not supported, use a smaller unit (e.g. \"1536M\" for 1.5G)"
+        ));
+    }
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        "p" | "pb" | "pib" => 50,
+        "e" | "eb" | "eib" => 60,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {unit:?}, expected {UNITS}"
+            ))
+        }
+    };
+    let too_big = || format!("invalid size {s:?}: too large (must be below 16E)");
+    let n: u64 = number.parse().map_err(|_| too_big())?;
+    n.checked_mul(1u64 << shift).ok_or_else(too_big)
+}
+
+// ---------------------------------------------------------------------------
+// Raw file shape
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    daemon: Option<RawDaemon>,
+    #[serde(default)]
+    pool: Vec<RawPool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    default_pool: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: String,
+    driver: Driver,
+    backing: Option<Backing>,
+    path: Option<PathBuf>,
+    size: Option<Size>,
+    metadata_device: Option<PathBuf>,
+    metadata_size: Option<Size>,
+    block_size: Option<Size>,
+    base_size: Option<Size>,
+    fs: Option<ThinFs>,
+    monitor: Option<RawMonitor>,
+    maintenance: Option<RawMaintenance>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    warn_percent: Option<Percent>,
+    critical_percent: Option<Percent>,
+    min_free_percent: Option<Percent>,
+    autoextend_percent: Option<Percent>,
+    autoextend_max: Option<Size>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaintenance {
+    trim: Option<Schedule>,
+    balance: Option<Schedule>,
+    balance_dusage: Option<Vec<Percent>>,
+    balance_musage: Option<Vec<Percent>>,
+}
+
+/// An integer 0–100; checked while deserializing so the error has a span.
+#[derive(Debug, Clone, Copy)]
+struct Percent(u8);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Percent;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer 0–100")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Percent, E> {
+                u8::try_from(v)
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .map(Percent)
+                    .ok_or_else(|| E::invalid_value(Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
+                u8::try_from(v)
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .map(Percent)
+                    .ok_or_else(|| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A byte size: a size string or a plain integer of bytes.
+#[derive(Debug, Clone, Copy)]
+struct Size(u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte size such as \"100G\" or a whole number of bytes")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A systemd calendar spec, or `"none"` (→ `None`).
+#[derive(Debug, Clone)]
+struct Schedule(Option<String>);
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_calendar(&s).map(Schedule).map_err(de::Error::custom)
+    }
+}
+
+/// Accepts `"none"` or something made of systemd.time(7) calendar
+/// characters; systemd itself parses it when the timer is made, so this
+/// only catches what can never be a calendar spec.
+fn check_calendar(s: &str) -> Result<Option<String>, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty calendar spec, expected one such as \"weekly\" or \"none\"".to_string());
+    }
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    if let Some(c) = t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || " *:,./~_+-".contains(*c)))
+    {
+        return Err(format!(
+            "invalid calendar spec {s:?}: {c:?} cannot appear in a systemd calendar spec (see systemd.time(7)); use e.g. \"weekly\", \"Sun *-*-* 03:00\" or \"none\""
+        ));
+    }
+    Ok(Some(t.to_string()))
+}
+
+// ---------------------------------------------------------------------------
+// Key paths and spans
+// ---------------------------------------------------------------------------
+
+/// One step of a key path: a table key or an array index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
+/// `pool[i].<rest…>`
+fn pool_path(i: usize, rest: &[&str]) -> Vec<Seg> {
+    let mut p = vec![key("pool"), Seg::Index(i)];
+    p.extend(rest.iter().map(|k| key(k)));
+    p
+}
+
+/// The TOML document with the span of every key and value, used to turn
+/// an error span into a key path and a key path into a line.
+#[derive(Debug)]
+struct Tree {
+    /// Value span; `None` for tables made implicitly by dotted keys.
+    span: Option<Range<usize>>,
+    kind: TreeKind,
+}
+
+#[derive(Debug)]
+enum TreeKind {
+    Table(Vec<(TreeKey, Tree)>),
+    Array(Vec<Tree>),
+    Str(String),
+    Other,
+}
+
+#[derive(Debug)]
+struct TreeKey {
+    name: String,
+    span: Option<Range<usize>>,
+}
+
+/// The struct name and fields through which serde_spanned's `Spanned`
+/// asks toml for a span. They are private to those crates, so they are
+/// learnt from `Spanned` itself instead of copied: it is handed a probe
+/// deserializer that records what it is asked for. Unlike `Spanned<T>`,
+/// [`Tree`] also accepts values that have no span (implicit tables).
+fn spanned_protocol() -> Option<(&'static str, &'static [&'static str])> {
+    use std::cell::Cell;
+    type Seen = Cell<Option<(&'static str, &'static [&'static str])>>;
+    struct Probe<'a>(&'a Seen);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("probe"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(Some((name, fields)));
+            Err(de::Error::custom("probe"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let seen = Seen::new(None);
+    let _ = Spanned::<()>::deserialize(Probe(&seen));
+    seen.get().filter(|(_, fields)| fields.len() == 3)
+}
+
+/// Asks for a span when the deserializer can give one.
+fn deserialize_maybe_spanned<'de, D: Deserializer<'de>, V: Visitor<'de>>(
+    d: D,
+    visitor: V,
+) -> Result<V::Value, D::Error> {
+    match spanned_protocol() {
+        Some((name, fields)) => d.deserialize_struct(name, fields, visitor),
+        None => d.deserialize_any(visitor),
+    }
+}
+
+/// Which field of the span protocol `name` is: 0 start, 1 end, 2 value.
+fn protocol_field(name: &str) -> Option<usize> {
+    spanned_protocol().and_then(|(_, fields)| fields.iter().position(|f| *f == name))
+}
+
+impl<'de> Deserialize<'de> for TreeKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TreeKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TreeKey, E> {
+                Ok(TreeKey {
+                    name: v.to_string(),
+                    span: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TreeKey, A::Error> {
+                let (mut start, mut end, mut name) = (None, None, None);
+                while let Some(k) = map.next_key::<String>()? {
+                    match protocol_field(&k) {
+                        Some(0) => start = Some(map.next_value::<usize>()?),
+                        Some(1) => end = Some(map.next_value::<usize>()?),
+                        _ => name = Some(map.next_value::<String>()?),
+                    }
+                }
+                let name = name.ok_or_else(|| de::Error::custom("key without a name"))?;
+                let span = start.zip(end).map(|(s, e)| s..e);
+                Ok(TreeKey { name, span })
+            }
+        }
+        deserialize_maybe_spanned(d, V)
+    }
+}
+
+struct TreeVisitor;
+
+impl<'de> Visitor<'de> for TreeVisitor {
+    type Value = Tree;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any TOML value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Tree, E> {
+        Ok(Tree {
+            span: None,
+            kind: TreeKind::Other,
+        })
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Tree, E> {
+        Ok(Tree {
+            span: None,
+            kind: TreeKind::Other,
+        })
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Tree, E> {
+        Ok(Tree {
+            span: None,
+            kind: TreeKind::Other,
+        })
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Tree, E> {
+        Ok(Tree {
+            span: None,
+            kind: TreeKind::Other,
+        })
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Tree, E> {
+        Ok(Tree {
+            span: None,
+            kind: TreeKind::Str(v.to_string()),
+        })
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tree, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Tree>()? {
+            items.push(item);
+        }
+        Ok(Tree {
+            span: None,
+            kind: TreeKind::Array(items),
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
+        let mut next = map.next_key::<TreeKey>()?;
+        // Either the span protocol wrapping the real value…
+        if next
+            .as_ref()
+            .is_some_and(|k| k.span.is_none() && protocol_field(&k.name).is_some())
+        {
+            let (mut start, mut end, mut value) = (None, None, None);
+            while let Some(k) = next {
+                match protocol_field(&k.name) {
+                    Some(0) => start = Some(map.next_value::<usize>()?),
+                    Some(1) => end = Some(map.next_value::<usize>()?),
+                    _ => value = Some(map.next_value_seed(BareTree)?),
+                }
+                next = map.next_key::<TreeKey>()?;
+            }
+            let mut tree = value.ok_or_else(|| de::Error::custom("span without a value"))?;
+            tree.span = start.zip(end).map(|(s, e)| s..e);
+            return Ok(tree);
+        }
+        // …or a table (or toml's private encoding of a date-time, which
+        // reads as a one-key table and does no harm).
+        let mut entries = Vec::new();
+        while let Some(k) = next {
+            let v = map.next_value::<Tree>()?;
+            entries.push((k, v));
+            next = map.next_key::<TreeKey>()?;
+        }
+        Ok(Tree {
+            span: None,
+            kind: TreeKind::Table(entries),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Tree {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_maybe_spanned(d, TreeVisitor)
+    }
+}
+
+/// The value inside a span: asking for a span again would loop.
+struct BareTree;
+
+impl<'de> de::DeserializeSeed<'de> for BareTree {
+    type Value = Tree;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Tree, D::Error> {
+        d.deserialize_any(TreeVisitor)
+    }
+}
+
+fn contains(outer: &Option<Range<usize>>, inner: &Range<usize>) -> bool {
+    outer
+        .as_ref()
+        .is_some_and(|o| o.start <= inner.start && inner.end <= o.end)
+}
+
+impl Tree {
+    /// The deepest key path whose key or value span contains `span`.
+    fn path_at(&self, span: &Range<usize>) -> Vec<Seg> {
+        fn walk(t: &Tree, span: &Range<usize>, path: &mut Vec<Seg>, best: &mut Vec<Seg>) {
+            let mut visit =
+                |seg: Seg, key_span: Option<Range<usize>>, v: &Tree, path: &mut Vec<Seg>| {
+                    path.push(seg);
+                    if (contains(&key_span, span) || contains(&v.span, span))
+                        && path.len() > best.len()
+                    {
+                        *best = path.clone();
+                    }
+                    walk(v, span, path, best);
+                    path.pop();
+                };
+            match &t.kind {
+                TreeKind::Table(entries) => {
+                    for (k, v) in entries {
+                        visit(Seg::Key(k.name.clone()), k.span.clone(), v, path);
+                    }
+                }
+                TreeKind::Array(items) => {
+                    for (i, v) in items.iter().enumerate() {
+                        visit(Seg::Index(i), None, v, path);
+                    }
+                }
+                TreeKind::Str(_) | TreeKind::Other => {}
+            }
+        }
+        let mut best = Vec::new();
+        walk(self, span, &mut Vec::new(), &mut best);
+        best
+    }
+
+    /// The node at `path`, and its value span (or, for an implicit table,
+    /// its key's span) when known.
+    fn get(&self, path: &[Seg]) -> Option<(&Tree, Option<Range<usize>>)> {
+        let mut node = self;
+        let mut span = node.span.clone();
+        for seg in path {
+            let (key_span, next) = match (&node.kind, seg) {
+                (TreeKind::Table(entries), Seg::Key(k)) => entries
+                    .iter()
+                    .find(|(ek, _)| ek.name == *k)
+                    .map(|(ek, v)| (ek.span.clone(), v)),
+                (TreeKind::Array(items), Seg::Index(i)) => items.get(*i).map(|v| (None, v)),
+                _ => None,
+            }?;
+            span = next.span.clone().or(key_span);
+            node = next;
+        }
+        Some((node, span))
+    }
+
+    /// The string at `path`, if that is a string.
+    fn str_at(&self, path: &[Seg]) -> Option<&str> {
+        match &self.get(path)?.0.kind {
+            TreeKind::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// 1-based (line, column in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut off = offset.min(text.len());
+    while !text.is_char_boundary(off) {
+        off -= 1;
+    }
+    let before = &text[..off];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn is_valid_pool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// How a pool is called in messages: by name when it has a usable one.
+fn pool_label(name: Option<&str>, index: usize) -> String {
+    match name {
+        Some(n) if is_valid_pool_name(n) => format!("pool {n:?}"),
+        _ => format!("pool #{}", index + 1),
+    }
+}
+
+/// Splits a key path into the message prefix (`pool "main": ` or empty),
+/// the key relative to it (`monitor.warn_percent`), and the table-path key
+/// without indices (`pool.monitor.warn_percent`).
+fn describe(path: &[Seg], tree: Option<&Tree>) -> (String, String, String) {
+    let dotted = |segs: &[Seg]| {
+        let mut out = String::new();
+        for seg in segs {
+            match seg {
+                Seg::Key(k) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(k);
+                }
+                Seg::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        out
+    };
+    let table_key = path
+        .iter()
+        .filter_map(|s| match s {
+            Seg::Key(k) => Some(k.as_str()),
+            Seg::Index(_) => None,
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    match path {
+        [Seg::Key(p), Seg::Index(i), rest @ ..] if p == "pool" => {
+            let name = tree.and_then(|t| t.str_at(&pool_path(*i, &["name"])));
+            (
+                format!("{}: ", pool_label(name, *i)),
+                dotted(rest),
+                table_key,
+            )
+        }
+        _ => (String::new(), dotted(path), table_key),
+    }
+}
+
+/// Turns a toml deserialization error into one line naming file, line,
+/// column and key.
+fn toml_error(e: &toml::de::Error, text: &str, origin: &Path) -> ConfigError {
+    let span = e.span().unwrap_or(0..0);
+    let (line, column) = line_col(text, span.start);
+    let raw_msg = e.message().trim().replace('\n', "; ");
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        file: origin.to_path_buf(),
+        location: Some((line, column)),
+        key,
+        message,
+    };
+    let Ok(tree) = toml::from_str::<Tree>(text) else {
+        // Not even TOML: name the key on that line, if there is one.
+        let line_text = text.lines().nth(line - 1).unwrap_or("");
+        let key = line_text
+            .split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.starts_with('#'))
+            .unwrap_or("");
+        let at = if key.is_empty() {
+            String::new()
+        } else {
+            format!(" at key {key:?}")
+        };
+        let msg = raw_msg.replace('`', "\"");
+        return invalid(key.to_string(), format!("invalid TOML{at}: {msg}"));
+    };
+    let path = tree.path_at(&span);
+    let (prefix, rel, table_key) = describe(&path, Some(&tree));
+    if let Some(rest) = raw_msg.strip_prefix("unknown field `") {
+        // Unknown key: name it, its table, and what would have been valid.
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let table = match path.iter().rposition(|s| matches!(s, Seg::Key(_))) {
+            Some(last) => {
+                let parent: Vec<&str> = path[..last]
+                    .iter()
+                    .filter_map(|s| match s {
+                        Seg::Key(k) => Some(k.as_str()),
+                        Seg::Index(_) => None,
+                    })
+                    .collect();
+                if parent.is_empty() {
+                    "at the top level".to_string()
+                } else {
+                    format!("in [{}]", parent.join("."))
+                }
+            }
+            None => "at the top level".to_string(),
+        };
+        let expected = expected.trim_start_matches(',').trim().replace('`', "");
+        let expected = if expected == "there are no fields" {
+            "this table takes no keys".to_string()
+        } else {
+            expected
+        };
+        return invalid(
+            table_key,
+            format!("{prefix}unknown key {field:?} {table}, {expected}"),
+        );
+    }
+    let mut msg = rewrite_serde_message(&raw_msg);
+    // A date-time reaches serde as a map; say what the user wrote.
+    let found_text = text.get(span.clone()).unwrap_or("");
+    if msg.ends_with("found table") && !found_text.trim_start().starts_with(['{', '[']) {
+        msg = msg.replace("found table", "found a date-time");
+    }
+    let at = if rel.is_empty() {
+        String::new()
+    } else {
+        format!("{rel}: ")
+    };
+    invalid(table_key, format!("{prefix}{at}{msg}"))
+}
+
+/// serde's "invalid type: X, expected Y" reads better as "expected Y,
+/// found X"; backquotes become plain or double quotes.
+fn rewrite_serde_message(msg: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = msg.strip_prefix(prefix) {
+            if let Some((found, expected)) = rest.split_once(", expected ") {
+                // Our private struct names and serde's jargon mean nothing
+                // to whoever edits the file.
+                let expected = if expected.starts_with("struct ") {
+                    "a table"
+                } else {
+                    match expected {
+                        "a sequence" => "an array",
+                        "path string" => "a string (a path)",
+                        e => e,
+                    }
+                };
+                let found = found
+                    .replace('`', "")
+                    .replace("sequence", "array")
+                    .replace("found map", "found table");
+                let found = if found == "map" {
+                    "table".to_string()
+                } else {
+                    found
+                };
+                return format!("expected {expected}, found {found}");
+            }
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        let field = rest.trim_end_matches('`');
+        return format!("missing required key {field:?}");
+    }
+    msg.replace('`', "")
+}
+
+// ---------------------------------------------------------------------------
+// Semantic problems
+// ---------------------------------------------------------------------------
+
+/// A semantic error before it is given a location: the key paths to point
+/// at, best first (a defaulted key is absent from the file, so its table is
+/// the fallback), and the message.
+struct Problem {
+    at: Vec<Vec<Seg>>,
+    /// Message prefix naming the pool (`pool "main": `) or empty.
+    prefix: String,
+    /// Key shown in the message, relative to the prefix.
+    shown_key: String,
+    /// Dotted table path for `ConfigError::Invalid::key`.
+    table_key: String,
+    message: String,
+}
+
+impl Problem {
+    fn daemon(k: &str, message: String) -> Problem {
+        Problem {
+            at: vec![vec![key("daemon"), key(k)], vec![key("daemon")]],
+            prefix: String::new(),
+            shown_key: format!("daemon.{k}"),
+            table_key: format!("daemon.{k}"),
+            message,
+        }
+    }
+
+    /// A problem with `pool[i]`'s key `rest` (e.g. `["monitor",
+    /// "warn_percent"]`); `fallbacks` are other keys of that pool to
+    /// point at when `rest` is not in the file.
+    fn pool(
+        i: usize,
+        name: &str,
+        rest: &[&str],
+        fallbacks: &[&[&str]],
+        message: String,
+    ) -> Problem {
+        let mut at = vec![pool_path(i, rest)];
+        at.extend(fallbacks.iter().map(|f| pool_path(i, f)));
+        // Tables of a pool, then the pool itself.
+        for n in (0..rest.len()).rev() {
+            at.push(pool_path(i, &rest[..n]));
+        }
+        Problem {
+            at,
+            prefix: format!("{}: ", pool_label(Some(name), i)),
+            shown_key: rest.join("."),
+            table_key: std::iter::once("pool")
+                .chain(rest.iter().copied())
+                .collect::<Vec<_>>()
+                .join("."),
+            message,
+        }
+    }
+
+    fn into_error(self, origin: &Path, source: Option<(&str, Option<&Tree>)>) -> ConfigError {
+        let location = source.map(|(text, tree)| {
+            let offset = tree
+                .and_then(|t| {
+                    self.at
+                        .iter()
+                        .find_map(|p| t.get(p).and_then(|(_, span)| span))
+                })
+                .map_or(0, |span| span.start);
+            line_col(text, offset)
+        });
+        let at = if self.shown_key.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.shown_key)
+        };
+        ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            location,
+            key: self.table_key,
+            message: format!("{}{at}{}", self.prefix, self.message),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resolution: raw file → Config
+// ---------------------------------------------------------------------------
+
+/// Drops `.`, repeated and trailing slashes, so that equal paths compare
+/// equal (`..` is kept, and rejected by validation).
+fn normalize(p: PathBuf) -> PathBuf {
+    p.components().collect()
+}
+
+fn resolve(raw: RawConfig) -> Result<Config, Problem> {
+    let defaults = DaemonConfig::default();
+    let daemon = match raw.daemon {
+        Some(d) => DaemonConfig {
+            state_dir: d.state_dir.map_or(defaults.state_dir, normalize),
+            run_dir: d.run_dir.map_or(defaults.run_dir, normalize),
+            default_pool: d.default_pool.unwrap_or(defaults.default_pool),
+        },
+        None => defaults,
+    };
+    let pools = raw
+        .pool
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| resolve_pool(i, p, &daemon.state_dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Config { daemon, pools })
+}
+
+fn resolve_pool(i: usize, raw: RawPool, state_dir: &Path) -> Result<PoolConfig, Problem> {
+    let name = raw.name.clone();
+    let problem = |rest: &[&str], message: String| Problem::pool(i, &name, rest, &[], message);
+    let driver = raw.driver;
+
+    let backing = match (driver.is_directory(), raw.backing) {
+        (true, None | Some(Backing::Existing)) => Backing::Existing,
+        (true, Some(b)) => {
+            return Err(problem(
+                &["backing"],
+                format!(
+                    "{driver} pools live in a directory: backing {:?} is not allowed; omit backing (or use \"existing\")",
+                    b.as_str()
+                ),
+            ))
+        }
+        (false, b) => b.unwrap_or(Backing::Loop),
+    };
+
+    // Keys that only some pools use: an error elsewhere, not silently unused.
+    let only = |set: bool, k: &[&str], rule: &str| -> Result<(), Problem> {
+        if set {
+            Err(problem(
+                k,
+                format!("only applies to {rule}; remove it from this {driver} pool"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let is_thin = driver == Driver::Thin;
+    only(
+        raw.metadata_device.is_some() && !is_thin,
+        &["metadata_device"],
+        "driver = \"thin\"",
+    )?;
+    only(
+        raw.metadata_size.is_some() && !is_thin,
+        &["metadata_size"],
+        "driver = \"thin\"",
+    )?;
+    only(
+        raw.block_size.is_some() && !is_thin,
+        &["block_size"],
+        "driver = \"thin\"",
+    )?;
+    only(
+        raw.base_size.is_some() && !is_thin,
+        &["base_size"],
+        "driver = \"thin\"",
+    )?;
+    only(raw.fs.is_some() && !is_thin, &["fs"], "driver = \"thin\"")?;
+    if is_thin {
+        only(
+            raw.metadata_device.is_some() && backing != Backing::Device,
+            &["metadata_device"],
+            "thin pools with backing = \"device\"",
+        )?;
+        only(
+            raw.metadata_size.is_some() && backing == Backing::Existing,
+            &["metadata_size"],
+            "thin pools the daemon creates (backing = \"loop\" or \"device\")",
+        )?;
+    }
+    let size = match (backing, raw.size) {
+        (Backing::Loop, Some(Size(s))) => Some(s),
+        (Backing::Loop, None) => return Err(Problem::pool(
+            i,
+            &name,
+            &["size"],
+            &[&["backing"], &["driver"]],
+            "required with backing = \"loop\": the size of the sparse file, e.g. size = \"100G\""
+                .to_string(),
+        )),
+        (_, Some(_)) => {
+            return Err(problem(
+                &["size"],
+                format!(
+                    "only applies to backing = \"loop\", this pool's backing is {:?}",
+                    backing.as_str()
+                ),
+            ))
+        }
+        (_, None) => None,
+    };
+
+    let path = match raw.path {
+        Some(p) => normalize(p),
+        None if backing == Backing::Device || (is_thin && backing == Backing::Existing) => {
+            let what = if backing == Backing::Device {
+                "the block device, e.g. path = \"/dev/sdb\""
+            } else {
+                "the existing thin pool, e.g. path = \"/dev/mapper/vg-pool\""
+            };
+            return Err(Problem::pool(
+                i,
+                &name,
+                &["path"],
+                &[&["backing"]],
+                format!("required with backing = {:?}: {what}", backing.as_str()),
+            ));
+        }
+        None => state_dir.join(&name),
+    };
+
+    let thin = is_thin.then(|| ThinConfig {
+        metadata_device: raw.metadata_device.map(normalize),
+        metadata_size: raw.metadata_size.map(|s| s.0),
+        block_size: raw.block_size.map_or(DEFAULT_BLOCK_SIZE, |s| s.0),
+        base_size: raw.base_size.map_or(DEFAULT_BASE_SIZE, |s| s.0),
+        fs: raw.fs.unwrap_or(ThinFs::Xfs),
+    });
+
+    let mut monitor = MonitorConfig::default();
+    if let Some(m) = raw.monitor {
+        let dir_rule = "pools that can grow (thin and btrfs)";
+        only(
+            m.autoextend_percent.is_some() && driver.is_directory(),
+            &["monitor", "autoextend_percent"],
+            dir_rule,
+        )?;
+        only(
+            m.autoextend_max.is_some() && driver.is_directory(),
+            &["monitor", "autoextend_max"],
+            dir_rule,
+        )?;
+        let pct = |v: Option<Percent>, d: u8| v.map_or(d, |p| p.0);
+        monitor = MonitorConfig {
+            warn_percent: pct(m.warn_percent, monitor.warn_percent),
+            critical_percent: pct(m.critical_percent, monitor.critical_percent),
+            min_free_percent: pct(m.min_free_percent, monitor.min_free_percent),
+            autoextend_percent: pct(m.autoextend_percent, monitor.autoextend_percent),
+            autoextend_max: m.autoextend_max.map_or(monitor.autoextend_max, |s| s.0),
+        };
+    }
+
+    let mut maintenance = MaintenanceConfig::default_for(driver);
+    if let Some(m) = raw.maintenance {
+        let btrfs = "driver = \"btrfs\"";
+        let not_btrfs = driver != Driver::Btrfs;
+        only(
+            m.balance.is_some() && not_btrfs,
+            &["maintenance", "balance"],
+            btrfs,
+        )?;
+        only(
+            m.balance_dusage.is_some() && not_btrfs,
+            &["maintenance", "balance_dusage"],
+            btrfs,
+        )?;
+        only(
+            m.balance_musage.is_some() && not_btrfs,
+            &["maintenance", "balance_musage"],
+            btrfs,
+        )?;
+        let pcts = |v: Vec<Percent>| v.into_iter().map(|p| p.0).collect::<Vec<u8>>();
+        if let Some(t) = m.trim {
+            maintenance.trim = t.0;
+        }
+        if let Some(b) = m.balance {
+            maintenance.balance = b.0;
+        }
+        if let Some(v) = m.balance_dusage {
+            maintenance.balance_dusage = pcts(v);
+        }
+        if let Some(v) = m.balance_musage {
+            maintenance.balance_musage = pcts(v);
+        }
+    }
+
+    Ok(PoolConfig {
+        name: raw.name,
+        driver,
+        backing,
+        path,
+        size,
+        thin,
+        monitor,
+        maintenance,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Validation of a resolved Config
+// ---------------------------------------------------------------------------
+
+/// Checks `config`; `host_checks` adds the read-only look at the file
+/// system (path kinds, writability, overlayfs).
+fn validate(config: &Config, host_checks: bool) -> Result<(), Problem> {
+    let d = &config.daemon;
+    check_abs_path(&d.state_dir).map_err(|m| Problem::daemon("state_dir", m))?;
+    check_abs_path(&d.run_dir).map_err(|m| Problem::daemon("run_dir", m))?;
+
+    if config.pools.is_empty() {
+        return Err(Problem {
+            at: vec![],
+            prefix: String::new(),
+            shown_key: "pool".to_string(),
+            table_key: "pool".to_string(),
+            message: "no pool is configured: add at least one [[pool]] table".to_string(),
+        });
+    }
+
+    for (i, pool) in config.pools.iter().enumerate() {
+        validate_pool(i, pool)?;
+        if let Some(j) = config.pools[..i].iter().position(|p| p.name == pool.name) {
+            return Err(Problem::pool(
+                i,
+                &pool.name,
+                &["name"],
+                &[],
+                format!(
+                    "duplicate pool name {:?}: pool #{} already has it",
+                    pool.name,
+                    j + 1
+                ),
+            ));
+        }
+    }
+
+    if config.default_pool().is_none() {
+        let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+        return Err(Problem::daemon(
+            "default_pool",
+            format!(
+                "names no configured pool: {:?} (configured: {}); set default_pool to one of them",
+                d.default_pool,
+                names.join(", ")
+            ),
+        ));
+    }
+
+    // Pools must not share or nest paths, nor swallow the daemon's dirs:
+    // each pool's reclaim and reconciliation assumes it owns its tree.
+    for (i, pool) in config.pools.iter().enumerate() {
+        let at = |message: String| Problem::pool(i, &pool.name, &["path"], &[&["name"]], message);
+        for other in &config.pools[..i] {
+            let (a, b) = (&pool.path, &other.path);
+            let how = if a == b {
+                "is the same path as"
+            } else if a.starts_with(b) {
+                "is inside the path of"
+            } else if b.starts_with(a) {
+                "contains the path of"
+            } else {
+                continue;
+            };
+            return Err(at(format!(
+                "{:?} {how} pool {:?} ({:?}); pools must not share or nest paths",
+                a, other.name, b
+            )));
+        }
+        for (dir, what) in [(&d.state_dir, "state_dir"), (&d.run_dir, "run_dir")] {
+            if pool.path == *dir || dir.starts_with(&pool.path) {
+                return Err(at(format!(
+                    "{:?} is or contains the daemon's {what} ({:?}); give the pool its own directory",
+                    pool.path, dir
+                )));
+            }
+        }
+        if pool.path.starts_with(&d.run_dir) {
+            return Err(at(format!(
+                "{:?} is inside run_dir ({:?}), which holds only mounts and is usually a tmpfs",
+                pool.path, d.run_dir
+            )));
+        }
+    }
+
+    if host_checks {
+        for (i, pool) in config.pools.iter().enumerate() {
+            check_pool_host(pool)
+                .map_err(|m| Problem::pool(i, &pool.name, &["path"], &[&["name"]], m))?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_pool(i: usize, pool: &PoolConfig) -> Result<(), Problem> {
+    let problem = |rest: &[&str], message: String| Problem::pool(i, &pool.name, rest, &[], message);
+    if !is_valid_pool_name(&pool.name) {
+        return Err(problem(
+            &["name"],
+            format!(
+                "invalid pool name {:?}: use 1–64 characters of A–Z, a–z, 0–9, '_' and '-'",
+                pool.name
+            ),
+        ));
+    }
+    check_abs_path(&pool.path)
+        .map_err(|m| Problem::pool(i, &pool.name, &["path"], &[&["name"]], m))?;
+    if pool.size == Some(0) {
+        return Err(problem(&["size"], "must be larger than 0".to_string()));
+    }
+    if let Some(thin) = &pool.thin {
+        if let Some(dev) = &thin.metadata_device {
+            check_abs_path(dev).map_err(|m| problem(&["metadata_device"], m))?;
+        }
+        if let Some(m) = thin.metadata_size {
+            if !((2 << 20)..=(16 << 30)).contains(&m) {
+                return Err(problem(
+                    &["metadata_size"],
+                    format!("{m} bytes is outside what dm-thin supports (2M–16G)"),
+                ));
+            }
+        }
+        let b = thin.block_size;
+        if b % DEFAULT_BLOCK_SIZE != 0 || !(DEFAULT_BLOCK_SIZE..=(1 << 30)).contains(&b) {
+            return Err(problem(
+                &["block_size"],
+                format!("{b} bytes: dm-thin needs a multiple of 64K between 64K and 1G"),
+            ));
+        }
+        if thin.base_size == 0 {
+            return Err(problem(&["base_size"], "must be larger than 0".to_string()));
+        }
+    }
+
+    let m = &pool.monitor;
+    for (k, v) in [
+        ("warn_percent", m.warn_percent),
+        ("critical_percent", m.critical_percent),
+        ("min_free_percent", m.min_free_percent),
+        ("autoextend_percent", m.autoextend_percent),
+    ] {
+        if v > 100 {
+            return Err(problem(
+                &["monitor", k],
+                format!("expected an integer 0–100, found {v}"),
+            ));
+        }
+    }
+    if m.warn_percent >= m.critical_percent {
+        return Err(Problem::pool(
+            i,
+            &pool.name,
+            &["monitor", "warn_percent"],
+            &[&["monitor", "critical_percent"]],
+            format!(
+                "must be below critical_percent: found warn_percent = {} and critical_percent = {}",
+                m.warn_percent, m.critical_percent
+            ),
+        ));
+    }
+    if m.min_free_percent >= 100 {
+        return Err(problem(
+            &["monitor", "min_free_percent"],
+            "must be below 100, or no layer could ever be created".to_string(),
+        ));
+    }
+
+    let mt = &pool.maintenance;
+    for (k, v) in [("trim", &mt.trim), ("balance", &mt.balance)] {
+        if let Some(spec) = v {
+            check_calendar(spec).map_err(|e| problem(&["maintenance", k], e))?;
+        }
+    }
+    for (k, v) in [
+        ("balance_dusage", &mt.balance_dusage),
+        ("balance_musage", &mt.balance_musage),
+    ] {
+        if v.is_empty() {
+            return Err(problem(
+                &["maintenance", k],
+                "must list at least one usage filter, e.g. [0, 5, 10]".to_string(),
+            ));
+        }
+        if let Some(bad) = v.iter().find(|p| **p > 100) {
+            return Err(problem(
+                &["maintenance", k],
+                format!("expected integers 0–100, found {bad}"),
+            ));
+        }
+        if v.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(problem(
+                &["maintenance", k],
+                format!("must be strictly ascending (filters escalate), found {v:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Absolute, and without `..` (which would make overlap checks lie).
+fn check_abs_path(p: &Path) -> Result<(), String> {
+    if !p.is_absolute() {
+        return Err(format!("{p:?} is not an absolute path"));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("{p:?} must not contain \"..\""));
+    }
+    Ok(())
+}
+
+/// What kind of thing a path is, for messages.
+fn kind_of(m: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a directory"
+    }
+}
+
+/// Errors of a lookup that mean "keep walking up": missing, or a
+/// non-directory in the way (found and reported one level up).
+fn is_absent(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
+}
+
+/// Read-only checks that the pool can live at its path on this host.
+fn check_pool_host(pool: &PoolConfig) -> Result<(), String> {
+    let path = &pool.path;
+    match (pool.driver, pool.backing) {
+        (Driver::Overlay | Driver::Vfs, _) => {
+            check_dir_usable(path, pool.driver == Driver::Overlay)
+        }
+        (_, Backing::Loop) => {
+            // The loop file(s) are created next to the path, in its parent.
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            check_dir_usable(parent, false)
+                .map_err(|e| format!("the loop file cannot be created: {e}"))
+        }
+        (_, Backing::Device) => match fs::metadata(path) {
+            Ok(m) if !std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) => Err(
+                format!("{path:?} is {}, expected a block device", kind_of(&m)),
+            ),
+            // A missing device may appear later (udev); the pool is then
+            // reported failed, not the whole config.
+            _ => Ok(()),
+        },
+        (Driver::Btrfs, Backing::Existing) => match fs::metadata(path) {
+            Ok(m) if !m.is_dir() => Err(format!(
+                "{path:?} is {}, expected the directory where the btrfs is mounted",
+                kind_of(&m)
+            )),
+            _ => Ok(()),
+        },
+        (Driver::Thin, Backing::Existing) => Ok(()),
+    }
+}
+
+/// statfs(2) f_type is OVERLAYFS_SUPER_MAGIC (0x794c7630): an overlay
+/// upper/work dir cannot live there.
+fn is_overlayfs(p: &Path) -> nix::Result<bool> {
+    let st = nix::sys::statfs::statfs(p)?;
+    Ok(st.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+}
+
+/// `dir` is a directory, or could be made one: its nearest existing
+/// ancestor is a directory the daemon can write; for overlay, not on
+/// overlayfs (an upper/work dir there fails at mount time).
+fn check_dir_usable(dir: &Path, reject_overlayfs: bool) -> Result<(), String> {
+    let existing = match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => dir,
+        Ok(m) => return Err(format!("{dir:?} is {}, expected a directory", kind_of(&m))),
+        Err(e) if is_absent(&e) => {
+            if fs::symlink_metadata(dir).is_ok() {
+                return Err(format!("{dir:?} is a dangling symbolic link"));
+            }
+            let mut found = None;
+            for a in dir.ancestors().skip(1) {
+                match fs::metadata(a) {
+                    Ok(m) if m.is_dir() => {
+                        found = Some(a);
+                        break;
+                    }
+                    Ok(m) => {
+                        return Err(format!(
+                            "{dir:?} cannot be created: {a:?} is {}, not a directory",
+                            kind_of(&m)
+                        ))
+                    }
+                    Err(e) if is_absent(&e) => continue,
+                    Err(e) => return Err(format!("cannot examine {a:?}: {e}")),
+                }
+            }
+            found.ok_or_else(|| format!("{dir:?} has no existing ancestor directory"))?
+        }
+        Err(e) => return Err(format!("cannot examine {dir:?}: {e}")),
+    };
+    nix::unistd::access(existing, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+        if existing == dir {
+            format!("{dir:?} is not writable by the daemon: {}", e.desc())
+        } else {
+            format!(
+                "{dir:?} cannot be created: {existing:?} is not writable by the daemon: {}",
+                e.desc()
+            )
+        }
+    })?;
+    if reject_overlayfs {
+        let on_overlayfs = is_overlayfs(existing)
+            .map_err(|e| format!("cannot statfs {existing:?}: {}", e.desc()))?;
+        if on_overlayfs {
+            return Err(format!(
+                "{existing:?} is on an overlay file system, which cannot hold overlay upper and work directories; put this pool on a real file system (ext4, xfs, btrfs…) or use driver = \"vfs\""
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT_FILE: &str = include_str!("../config/layerd.toml");
+    const ORIGIN: &str = "/etc/layerd/layerd.toml";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_str(text, Path::new(ORIGIN))
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(c) => panic!("expected an error, got {c:#?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Asserts one line, the file, `line:` and every `needles` part.
+    fn assert_err(text: &str, line: usize, needles: &[&str]) -> String {
+        let msg = err(text);
+        assert!(!msg.contains('\n'), "not one line: {msg}");
+        let loc = format!("{ORIGIN}:{line}:");
+        assert!(msg.starts_with(&loc), "expected {loc} in: {msg}");
+        for n in needles {
+            assert!(msg.contains(n), "expected {n:?} in: {msg}");
+        }
+        msg
+    }
+
+    /// A directory pool in a fresh temp dir (overlay only where the temp
+    /// dir is not itself on overlayfs).
+    fn tmp_pool_config(dir: &Path, extra: &str) -> String {
+        format!(
+            "[daemon]\nstate_dir = {:?}\nrun_dir = \"/run/layerd-test\"\n\n[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n{extra}",
+            dir.join("state")
+        )
+    }
+
+    fn on_overlayfs(p: &Path) -> bool {
+        let mut p = p;
+        while !p.exists() {
+            p = p.parent().unwrap_or(Path::new("/"));
+        }
+        is_overlayfs(p).unwrap_or(false)
+    }
+
+    #[test]
+    fn default_file_loads() {
+        // Without host checks it must always be valid…
+        let c = parse_inner(DEFAULT_FILE, Path::new(ORIGIN), false).unwrap();
+        assert_eq!(c, Config::builtin_default(Driver::Overlay));
+        assert_eq!(c, builtin_default());
+        // …and with them wherever /var/lib is usable for an overlay pool.
+        let usable = nix::unistd::access("/var/lib", AccessFlags::W_OK).is_ok()
+            && !on_overlayfs(Path::new("/var/lib"));
+        match parse(DEFAULT_FILE) {
+            Ok(c2) => assert_eq!(c2, c),
+            Err(e) => assert!(!usable, "default file fails on a usable host: {e}"),
+        }
+    }
+
+    #[test]
+    fn default_file_mentions_every_key() {
+        for k in [
+            "state_dir",
+            "run_dir",
+            "default_pool",
+            "name",
+            "driver",
+            "backing",
+            "path",
+            "size",
+            "metadata_device",
+            "metadata_size",
+            "block_size",
+            "base_size",
+            "fs",
+            "warn_percent",
+            "critical_percent",
+            "min_free_percent",
+            "autoextend_percent",
+            "autoextend_max",
+            "trim",
+            "balance",
+            "balance_dusage",
+            "balance_musage",
+            "[pool.monitor]",
+            "[pool.maintenance]",
+        ] {
+            assert!(DEFAULT_FILE.contains(k), "layerd.toml lacks {k}");
+        }
+    }
+
+    #[test]
+    fn load_reads_a_file_and_reports_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("layerd.toml");
+        fs::write(&file, tmp_pool_config(dir.path(), "")).unwrap();
+        let c = load(&file).unwrap();
+        assert_eq!(c.pools[0].path, dir.path().join("state/main"));
+        assert!(load_optional(&dir.path().join("nope.toml"))
+            .unwrap()
+            .is_none());
+        let e = load(&dir.path().join("nope.toml")).unwrap_err();
+        assert!(e.is_not_found());
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("nope.toml"), "{e}");
+        // A bad file names the real file.
+        fs::write(&file, "bogus = 1\n").unwrap();
+        let e = load(&file).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}:1:1:", file.display())),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        // Validation creates nothing.
+        assert!(!dir.path().join("state").exists());
+    }
+
+    #[test]
+    fn every_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(&tmp_pool_config(dir.path(), "")).unwrap();
+        let d = DaemonConfig::default();
+        assert_eq!(d.state_dir, Path::new("/var/lib/layerd"));
+        assert_eq!(d.run_dir, Path::new("/run/layerd"));
+        assert_eq!(d.default_pool, "main");
+        assert_eq!(c.daemon.default_pool, "main");
+        let p = &c.pools[0];
+        assert_eq!(p.backing, Backing::Existing);
+        assert_eq!(p.path, dir.path().join("state").join("main"));
+        assert_eq!(p.size, None);
+        assert_eq!(p.thin, None);
+        assert_eq!(
+            p.monitor,
+            MonitorConfig {
+                warn_percent: 80,
+                critical_percent: 90,
+                min_free_percent: 10,
+                autoextend_percent: 20,
+                autoextend_max: 500 << 30,
+            }
+        );
+        assert_eq!(p.maintenance.trim.as_deref(), Some("weekly"));
+        assert_eq!(p.maintenance.balance, None);
+        assert_eq!(p.maintenance.balance_dusage, vec![0, 5, 10]);
+        assert_eq!(p.maintenance.balance_musage, vec![0, 5]);
+
+        // No [daemon] at all: daemon defaults (checked without the host).
+        let c = parse_inner(
+            "[[pool]]\nname = \"main\"\ndriver = \"thin\"\nsize = \"100G\"\n",
+            Path::new(ORIGIN),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.daemon, DaemonConfig::default());
+        let p = &c.pools[0];
+        assert_eq!(p.backing, Backing::Loop);
+        assert_eq!(p.path, Path::new("/var/lib/layerd/main"));
+        assert_eq!(p.size, Some(100 << 30));
+        assert_eq!(
+            p.thin,
+            Some(ThinConfig {
+                metadata_device: None,
+                metadata_size: None,
+                block_size: 64 << 10,
+                base_size: 10 << 30,
+                fs: ThinFs::Xfs,
+            })
+        );
+        assert_eq!(p.maintenance.balance, None);
+
+        let c = parse_inner(
+            "[[pool]]\nname = \"main\"\ndriver = \"btrfs\"\nsize = 1073741824\n",
+            Path::new(ORIGIN),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.pools[0].maintenance.balance.as_deref(), Some("daily"));
+        assert_eq!(c.pools[0].size, Some(1 << 30));
+        let mut want =
+            PoolConfig::with_defaults("main", Driver::Btrfs, Path::new(DEFAULT_STATE_DIR));
+        want.size = Some(1 << 30);
+        assert_eq!(c.pools[0], want);
+    }
+
+    #[test]
+    fn builtin_defaults() {
+        let c = Config::builtin_default(Driver::Overlay);
+        assert_eq!(c.daemon, DaemonConfig::default());
+        assert_eq!(c.pools.len(), 1);
+        let p = &c.pools[0];
+        assert_eq!(
+            (p.name.as_str(), p.driver, p.backing),
+            ("main", Driver::Overlay, Backing::Existing)
+        );
+        assert_eq!(p.path, Path::new("/var/lib/layerd/main"));
+        assert_eq!(c.default_pool().map(|p| p.name.as_str()), Some("main"));
+
+        let t = Config::builtin_default(Driver::Thin);
+        assert_eq!(t.pools[0].backing, Backing::Loop);
+        assert_eq!(t.pools[0].size, Some(DEFAULT_LOOP_SIZE));
+        assert!(t.pools[0].thin.is_some());
+
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = DaemonConfig {
+            state_dir: dir.path().join("state"),
+            run_dir: dir.path().join("run"),
+            default_pool: "main".into(),
+        };
+        let v = Config::builtin_default_with(daemon.clone(), Driver::Vfs);
+        assert_eq!(v.pools[0].path, dir.path().join("state/main"));
+        v.validate().unwrap();
+        let bad = Config::builtin_default_with(
+            DaemonConfig {
+                state_dir: "relative".into(),
+                ..daemon
+            },
+            Driver::Vfs,
+        );
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("(built-in default config): daemon.state_dir:"),
+            "{e}"
+        );
+        assert!(!dir.path().join("state").exists());
+    }
+
+    #[test]
+    fn unknown_key_top_level() {
+        let m = assert_err(
+            "[daemon]\nstate_dir = \"/var/lib/layerd\"\n\nstorage = 1\n",
+            4, // `storage` after [daemon] belongs to [daemon]
+            &[
+                ":4:1:",
+                "unknown key \"storage\" in [daemon]",
+                "expected one of state_dir, run_dir, default_pool",
+            ],
+        );
+        assert!(!m.contains("pool \""), "{m}");
+        assert_err(
+            "storage = 1\n[daemon]\n",
+            1,
+            &[
+                "unknown key \"storage\" at the top level",
+                "expected daemon or pool",
+            ],
+        );
+        assert_err(
+            "# comment\n\n[deamon]\nstate_dir = \"/x\"\n",
+            3,
+            &[":3:2:", "unknown key \"deamon\" at the top level"],
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_daemon() {
+        let m = assert_err(
+            "[daemon]\nstate_dir = \"/var/lib/layerd\"\nrundir = \"/run/layerd\"\n",
+            3,
+            &[":3:1:", "unknown key \"rundir\" in [daemon]", "run_dir"],
+        );
+        let e = parse("[daemon]\nrundir = \"/x\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("daemon.rundir"));
+        assert_eq!(e.location(), Some((2, 1)));
+        assert!(!m.contains("pool \""), "{m}");
+    }
+
+    #[test]
+    fn unknown_key_in_pool() {
+        let text = "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n\n[[pool]]\nname = \"b\"\ndriver = \"vfs\"\nsise = \"10G\"\n";
+        assert_err(
+            text,
+            8,
+            &[
+                ":8:1:",
+                "pool \"b\": unknown key \"sise\" in [pool]",
+                "expected one of name, driver, backing, path, size",
+            ],
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_monitor() {
+        let text = "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n\n[pool.monitor]\nwarn_percent = 70\n  warn_percnt = 70\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.key(), Some("pool.monitor.warn_percnt"));
+        assert_err(
+            text,
+            7,
+            &[
+                ":7:3:",
+                "pool \"main\": unknown key \"warn_percnt\" in [pool.monitor]",
+                "warn_percent, critical_percent",
+            ],
+        );
+        // …and in [pool.maintenance], an inline table too.
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\nmaintenance = { trim = \"weekly\", scrub = \"monthly\" }\n",
+            4,
+            &["pool \"main\": unknown key \"scrub\" in [pool.maintenance]"],
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        let text = "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.monitor]\nwarn_percent = \"high\"\n";
+        assert_err(
+            text,
+            5,
+            &[":5:16:", "pool \"main\": monitor.warn_percent: expected an integer 0–100, found string \"high\""],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.monitor]\ncritical_percent = 101\n",
+            5,
+            &["monitor.critical_percent: expected an integer 0–100, found integer 101"],
+        );
+        assert_err(
+            "[daemon]\nstate_dir = 5\n",
+            2,
+            &[":2:13:", "daemon.state_dir: expected", "found integer 5"],
+        );
+        assert_err(
+            "daemon = \"x\"\n",
+            1,
+            &["daemon: expected", "found string \"x\""],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"zfs\"\n",
+            3,
+            &["pool \"main\": driver: unknown driver \"zfs\", expected one of thin, btrfs, overlay, vfs"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"aufs\"\n",
+            3,
+            &["use overlay"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.maintenance]\ntrim = 2024-01-01\n",
+            5,
+            &["maintenance.trim: expected a string, found a date-time"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.maintenance]\ntrim = \"\"\n",
+            5,
+            &["maintenance.trim: empty calendar spec"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.maintenance]\ntrim = \"weekly; rm -rf\"\n",
+            5,
+            &["maintenance.trim: invalid calendar spec", "';'"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"a\"\ndriver = \"vfs\"\n[[pool]]\ndriver = \"vfs\"\n",
+            4,
+            &["pool #2: missing required key \"name\""],
+        );
+        // Syntax errors: location and the key on that line.
+        assert_err(
+            "[daemon]\nstate_dir = /var/lib\n",
+            2,
+            &["invalid TOML at key \"state_dir\""],
+        );
+        assert_err(
+            "[[pool]]\nname = \"a\"\nname = \"b\"\n",
+            3,
+            &["invalid TOML", "duplicate key"],
+        );
+    }
+
+    #[test]
+    fn dotted_keys_and_implicit_tables_are_located() {
+        // `monitor.x = …` makes [pool.monitor] implicitly, without a span.
+        let base = "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n";
+        assert_err(
+            &format!("{base}maintenance.trim = 5\n"),
+            4,
+            &[
+                ":4:20:",
+                "pool \"main\": maintenance.trim: expected a string, found integer 5",
+            ],
+        );
+        assert_err(
+            &format!("{base}monitor.warn_percent = 95\n"),
+            4,
+            &[
+                ":4:24:",
+                "pool \"main\": monitor.warn_percent: must be below critical_percent",
+            ],
+        );
+        assert_err(
+            &format!("{base}monitor.warn = 1\n"),
+            4,
+            &[":4:9:", "unknown key \"warn\" in [pool.monitor]"],
+        );
+        assert_err(
+            "daemon.run_dir = \"x\"\n",
+            1,
+            &[":1:18:", "daemon.run_dir: \"x\" is not an absolute path"],
+        );
+        // A date-time elsewhere in the file does not hide locations.
+        assert_err(
+            &format!("{base}monitor.warn = 1979-05-27\n"),
+            4,
+            &["unknown key \"warn\" in [pool.monitor]"],
+        );
+    }
+
+    #[test]
+    fn duplicate_pool_points_at_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[[pool]]\ndriver = \"vfs\"\nname = \"main\"\npath = {:?}\n",
+            tmp_pool_config(dir.path(), ""),
+            dir.path().join("other")
+        );
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("name = \"main\"") && text.find(l).is_some())
+            .unwrap();
+        let second = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| *l == "name = \"main\"")
+            .nth(1)
+            .unwrap()
+            .0
+            + 1;
+        assert!(second > line + 1);
+        assert_err(
+            &text,
+            second,
+            &["pool \"main\": name: duplicate pool name \"main\": pool #1 already has it"],
+        );
+    }
+
+    #[test]
+    fn default_pool_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = tmp_pool_config(dir.path(), "")
+            .replace("[daemon]\n", "[daemon]\ndefault_pool = \"fast\"\n");
+        assert_err(
+            &text,
+            2,
+            &[
+                ":2:16:",
+                "daemon.default_pool: names no configured pool: \"fast\" (configured: main)",
+            ],
+        );
+        // Defaulted default_pool: points at [daemon].
+        let text = tmp_pool_config(dir.path(), "").replace("name = \"main\"", "name = \"data\"");
+        assert_err(
+            &text,
+            1,
+            &["daemon.default_pool", "\"main\"", "configured: data"],
+        );
+        assert_err("", 1, &["pool: no pool is configured"]);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100G"), Ok(100 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("64kb"), Ok(65536));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size(" 2 T "), Ok(2 << 40));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1E"), Ok(1 << 60));
+        for bad in [
+            "",
+            "G",
+            "-1G",
+            "10X",
+            "1.5G",
+            "10 G B",
+            "16E",
+            "99999999999999999999",
+        ] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("size"), "{bad:?}: {e}");
+        }
+        assert!(parse_size("1.5G").unwrap_err().contains("fractions"));
+        assert!(parse_size("10X")
+            .unwrap_err()
+            .contains("unknown unit \"X\""));
+
+        let pool =
+            |size: &str| format!("[[pool]]\nname = \"main\"\ndriver = \"btrfs\"\nsize = {size}\n");
+        assert_err(
+            &pool("\"10X\""),
+            4,
+            &[
+                ":4:8:",
+                "pool \"main\": size: invalid size \"10X\": unknown unit",
+            ],
+        );
+        assert_err(
+            &pool("-5"),
+            4,
+            &["size: expected a byte size", "found integer -5"],
+        );
+        assert_err(
+            &pool("1.5"),
+            4,
+            &["size: expected a byte size", "found floating point 1.5"],
+        );
+        assert_err(&pool("\"0\""), 4, &["size: must be larger than 0"]);
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"thin\"\n",
+            3,
+            &["pool \"main\": size: required with backing = \"loop\""],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"thin\"\nsize = \"1G\"\nblock_size = \"100K\"\n",
+            5,
+            &["block_size:", "multiple of 64K"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"thin\"\nsize = \"1G\"\n[pool.monitor]\nautoextend_max = \"lots\"\n",
+            6,
+            &["monitor.autoextend_max: invalid size \"lots\""],
+        );
+    }
+
+    #[test]
+    fn path_is_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        fs::write(&file, "x").unwrap();
+        let text = tmp_pool_config(dir.path(), &format!("path = {file:?}\n"));
+        let m = assert_err(
+            &text,
+            8,
+            &[
+                "pool \"main\": path:",
+                "is a regular file, expected a directory",
+            ],
+        );
+        assert!(m.contains(&file.display().to_string()), "{m}");
+        // A file in the way of a path to be created.
+        let text = tmp_pool_config(dir.path(), &format!("path = {:?}\n", file.join("sub")));
+        assert_err(
+            &text,
+            8,
+            &["cannot be created", "is a regular file, not a directory"],
+        );
+        // Nothing was created.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn overlay_checks_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = tmp_pool_config(dir.path(), "").replace("\"vfs\"", "\"overlay\"");
+        if on_overlayfs(dir.path()) {
+            assert_err(&text, 1, &["overlay file system"]);
+        } else {
+            parse(&text).unwrap();
+        }
+    }
+
+    #[test]
+    fn relative_and_dotdot_paths() {
+        assert_err(
+            "[daemon]\nrun_dir = \"run/layerd\"\n",
+            2,
+            &[
+                ":2:11:",
+                "daemon.run_dir: \"run/layerd\" is not an absolute path",
+            ],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\npath = \"srv/layers\"\n",
+            4,
+            &["pool \"main\": path: \"srv/layers\" is not an absolute path"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\npath = \"/srv/../etc\"\n",
+            4,
+            &["path:", "must not contain \"..\""],
+        );
+    }
+
+    #[test]
+    fn overlapping_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let base = tmp_pool_config(dir.path(), &format!("path = {a:?}\n"));
+        let text = format!(
+            "{base}\n[[pool]]\nname = \"b\"\ndriver = \"vfs\"\npath = {:?}\n",
+            a.join("b")
+        );
+        assert_err(
+            &text,
+            13,
+            &["pool \"b\": path:", "is inside the path of pool \"main\""],
+        );
+        let text = format!(
+            "{base}\n[[pool]]\nname = \"b\"\ndriver = \"vfs\"\npath = \"{}/./\"\n",
+            a.display()
+        );
+        assert_err(&text, 13, &["is the same path as pool \"main\""]);
+        let text = format!(
+            "{base}\n[[pool]]\nname = \"b\"\ndriver = \"vfs\"\npath = \"{}//b/\"\n",
+            a.display()
+        );
+        let m = assert_err(&text, 13, &["is inside the path of pool \"main\""]);
+        assert!(m.contains(&format!("{:?}", a.join("b"))), "normalized: {m}");
+        let text = format!(
+            "{base}\n[[pool]]\nname = \"b\"\ndriver = \"vfs\"\npath = {:?}\n",
+            dir.path()
+        );
+        assert_err(&text, 13, &["contains the path of pool \"main\""]);
+        // Siblings with a common prefix do not overlap.
+        let text = format!(
+            "{base}\n[[pool]]\nname = \"b\"\ndriver = \"vfs\"\npath = \"{}2\"\n",
+            a.display()
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.pools.len(), 2);
+        // A pool must not hold the state dir.
+        let text = tmp_pool_config(dir.path(), &format!("path = {:?}\n", dir.path()));
+        assert_err(&text, 8, &["is or contains the daemon's state_dir"]);
+    }
+
+    #[test]
+    fn thresholds_in_order() {
+        let base = "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.monitor]\n";
+        assert_err(
+            &format!("{base}warn_percent = 95\n"),
+            5,
+            &[
+                ":5:16:",
+                "pool \"main\": monitor.warn_percent: must be below critical_percent",
+                "95",
+                "90",
+            ],
+        );
+        assert_err(
+            &format!("{base}warn_percent = 50\ncritical_percent = 50\n"),
+            5,
+            &["monitor.warn_percent: must be below critical_percent"],
+        );
+        assert_err(
+            &format!("{base}min_free_percent = 100\n"),
+            5,
+            &["monitor.min_free_percent: must be below 100"],
+        );
+        assert_err(
+            &format!("{base}warn_percent = -1\n"),
+            5,
+            &["expected an integer 0–100, found integer -1"],
+        );
+    }
+
+    #[test]
+    fn driver_backing_and_key_rules() {
+        let pool =
+            |extra: &str| format!("[[pool]]\nname = \"main\"\ndriver = \"overlay\"\n{extra}");
+        assert_err(
+            &pool("backing = \"loop\"\n"),
+            4,
+            &["backing \"loop\" is not allowed", "omit backing"],
+        );
+        parse_inner(&pool("backing = \"existing\"\n"), Path::new(ORIGIN), false).unwrap();
+        assert_err(
+            &pool("size = \"1G\"\n"),
+            4,
+            &["size: only applies to backing = \"loop\""],
+        );
+        assert_err(
+            &pool("fs = \"xfs\"\n"),
+            4,
+            &["fs: only applies to driver = \"thin\""],
+        );
+        assert_err(
+            &pool("[pool.maintenance]\nbalance = \"daily\"\n"),
+            5,
+            &["maintenance.balance: only applies to driver = \"btrfs\""],
+        );
+        assert_err(
+            &pool("[pool.monitor]\nautoextend_max = \"1T\"\n"),
+            5,
+            &["monitor.autoextend_max: only applies to pools that can grow"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"thin\"\nbacking = \"device\"\n",
+            4,
+            &["path: required with backing = \"device\""],
+        );
+        assert_err(
+            "[[pool]]\nname = \"bad name\"\ndriver = \"vfs\"\n",
+            2,
+            &["pool #1: name: invalid pool name \"bad name\""],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"btrfs\"\nsize = \"1G\"\n[pool.maintenance]\nbalance_dusage = [0, 10, 5]\n",
+            6,
+            &["maintenance.balance_dusage: must be strictly ascending"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"btrfs\"\nsize = \"1G\"\n[pool.maintenance]\nbalance_musage = [0, 500]\n",
+            6,
+            &["maintenance.balance_musage", "expected an integer 0–100, found integer 500"],
+        );
+        // "none" disables a job.
+        let c = parse_inner(
+            "[[pool]]\nname = \"main\"\ndriver = \"btrfs\"\nsize = \"1G\"\n[pool.maintenance]\ntrim = \"none\"\nbalance = \"Sun *-*-* 03:00\"\n",
+            Path::new(ORIGIN),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.pools[0].maintenance.trim, None);
+        assert_eq!(
+            c.pools[0].maintenance.balance.as_deref(),
+            Some("Sun *-*-* 03:00")
+        );
+    }
+
+    #[test]
+    fn every_error_is_one_located_line() {
+        for t in [
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\nsise = 1\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.monitor]\nwarn_percent = \"high\"\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"thin\"\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\nmaintenance.trim = 5\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.maintenance]\nbalance_dusage = [0, \"x\"]\n",
+            "[daemon]\nstate_dir = \"/var/lib/layerd\"\nstate_dir = \"/x\"\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\npath = \"/etc/passwd\"\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.monitor]\nwarn_percent = 95\n",
+            "[daemon]\ndefault_pool = \"x\"\n[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n",
+            "pool = 3\n",
+            "[[pool]]\nname = \"main\"\n",
+            "daemon = \"x\"\n",
+            "[daemon]\nstate_dir = 5\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\nmonitor = 5\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.maintenance]\nbalance_dusage = 5\n",
+            "[[pool]]\nname = \"main\"\ndriver = 5\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\nbacking = \"nfs\"\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\nname = \"main\"\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.monitor]\n[pool.monitor]\n",
+            "[[pool]\nname = \"main\"\n",
+            "[[pool]]\nname = \"main\"\ndriver = \"thin\"\nsize=\"1G\"\nfs=\"btrfs\"\n",
+        ] {
+            let msg = err(t);
+            assert!(!msg.contains('\n'), "{msg}");
+            let rest = msg.strip_prefix(&format!("{ORIGIN}:")).unwrap_or_else(|| panic!("{msg}"));
+            let mut parts = rest.splitn(3, ':');
+            for _ in 0..2 {
+                let n = parts.next().unwrap_or_default();
+                assert!(!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()), "{msg}");
+            }
+            assert!(parts.next().is_some_and(|m| m.len() > 10), "{msg}");
+        }
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncdé\nx", 0), (1, 1));
+        assert_eq!(line_col("ab\ncdé\nx", 3), (2, 1));
+        assert_eq!(line_col("ab\ncdé\nx", 8), (3, 1));
+        assert_eq!(line_col("é=x", 2), (1, 2));
+        assert_eq!(line_col("é=x", 3), (1, 3));
+        // Inside a multi-byte character: rounds down, never panics.
+        assert_eq!(line_col("é=x", 1), (1, 1));
+        assert_eq!(line_col("é=x", 99), (1, 4));
+    }
+}

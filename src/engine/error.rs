@@ -1,0 +1,89 @@
+//! The engine's error type. Every variant has one [`ErrorKind`], which the
+//! D-Bus adapter maps to a stable `org.layerd.Layerd1.Error.*` name; the
+//! message is what a person reads, so it names the key, pool or limit.
+
+use crate::backend::BackendError;
+use crate::engine::store::StoreError;
+use crate::engine::types::Kind;
+
+/// The nine error kinds of the D-Bus contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    PoolFull,
+    Busy,
+    NotSupported,
+    AccessDenied,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("layer {0:?} does not exist")]
+    NotFound(String),
+    #[error("parent {0:?} does not exist")]
+    ParentNotFound(String),
+    #[error("no pool named {0:?} is configured")]
+    PoolNotFound(String),
+    #[error("key {0:?} already exists (active, view and committed keys share one name space)")]
+    AlreadyExists(String),
+    #[error("parent {key:?} is {kind}: only a committed layer can be a parent")]
+    ParentNotCommitted { key: String, kind: Kind },
+    #[error("{key:?} is {kind}: only an active layer can be committed")]
+    NotActive { key: String, kind: Kind },
+    #[error("{key:?} is committed: mounts exist only for active layers and views")]
+    IsCommitted { key: String },
+    #[error("{key:?} has {children} child layer(s): remove them first")]
+    HasChildren { key: String, children: usize },
+    #[error("{key:?} is busy: {why}")]
+    Busy { key: String, why: String },
+    #[error("{key:?} is not mounted by the daemon")]
+    NotMounted { key: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("pool {pool:?} has {free_percent:.1}% free space left; new layers need at least {min_free_percent}%")]
+    PoolFull {
+        pool: String,
+        free_percent: f64,
+        min_free_percent: u8,
+    },
+    #[error("pool {pool:?} is {health}: {reason}")]
+    PoolUnavailable {
+        pool: String,
+        health: &'static str,
+        reason: String,
+    },
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        use Error::*;
+        match self {
+            NotFound(_) | ParentNotFound(_) | PoolNotFound(_) => ErrorKind::NotFound,
+            AlreadyExists(_) => ErrorKind::AlreadyExists,
+            ParentNotCommitted { .. }
+            | NotActive { .. }
+            | IsCommitted { .. }
+            | HasChildren { .. }
+            | NotMounted { .. } => ErrorKind::FailedPrecondition,
+            Busy { .. } => ErrorKind::Busy,
+            InvalidArgument(_) => ErrorKind::InvalidArgument,
+            PoolFull { .. } => ErrorKind::PoolFull,
+            PoolUnavailable { .. } => ErrorKind::FailedPrecondition,
+            NotSupported(_) => ErrorKind::NotSupported,
+            Store(_) => ErrorKind::Internal,
+            Backend(e) => e.kind(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,414 @@
+//! The engine: pools, layers and their records. It is the only place that
+//! decides anything; the D-Bus adapter calls one engine method per request
+//! and the monitor calls `sample_all`. Every method is synchronous (the
+//! adapter runs them on blocking threads) and takes `&self`: concurrency is
+//! handled by the store's transactions plus one lock for daemon mounts.
+//!
+//! Intent protocol (see recovery.rs for the other half): a layer's record
+//! is written with a non-`Ready` state before its kernel-side step runs and
+//! set `Ready` after; start-up reconciliation finishes or undoes whatever it
+//! finds half done.
+
+pub mod error;
+pub mod fault;
+pub mod filters;
+mod layers;
+mod mounts;
+mod recovery;
+pub mod store;
+pub mod types;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use crate::backend::{self, Backend, LayerRef};
+use error::{Error, Result};
+use store::Store;
+use types::{Event, Health, LayerRecord, PoolStatus};
+
+pub use recovery::Report as RecoveryReport;
+
+/// Which driver a pool uses. Drivers not built yet are refused at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Thin,
+    Btrfs,
+    Overlay,
+    Vfs,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Thin => "thin",
+            Driver::Btrfs => "btrfs",
+            Driver::Overlay => "overlay",
+            Driver::Vfs => "vfs",
+        }
+    }
+}
+
+/// Health thresholds, in percent of data (and metadata) space.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub warn_percent: u8,
+    pub critical_percent: u8,
+    pub min_free_percent: u8,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            warn_percent: 80,
+            critical_percent: 90,
+            min_free_percent: 10,
+        }
+    }
+}
+
+/// What the engine needs to know of a configured pool.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub name: String,
+    pub driver: Driver,
+    pub path: PathBuf,
+    pub thresholds: Thresholds,
+}
+
+/// Where the engine keeps things.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub default_pool: String,
+    pub pools: Vec<PoolSpec>,
+}
+
+pub(crate) struct Pool {
+    spec: PoolSpec,
+    backend: std::result::Result<Box<dyn Backend>, String>,
+    status: Mutex<PoolStatus>,
+    layer_count: AtomicU64,
+}
+
+impl Pool {
+    fn backend(&self) -> Result<&dyn Backend> {
+        match &self.backend {
+            Ok(b) => Ok(b.as_ref()),
+            Err(reason) => Err(Error::PoolUnavailable {
+                pool: self.spec.name.clone(),
+                health: Health::Failed.as_str(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
+/// Read-only facts about a pool for the adapters.
+#[derive(Debug, Clone)]
+pub struct PoolView {
+    pub name: String,
+    pub driver: &'static str,
+    pub backing: &'static str,
+    pub path: PathBuf,
+    pub status: PoolStatus,
+}
+
+pub struct Engine {
+    store: Store,
+    pools: BTreeMap<String, Pool>,
+    default_pool: String,
+    run_dir: PathBuf,
+    events: broadcast::Sender<Event>,
+    /// Serializes daemon mounts against Commit/Remove of the same layers.
+    mount_lock: Mutex<()>,
+}
+
+impl Engine {
+    /// Opens the store and every pool, then reconciles store and disks.
+    /// A pool whose storage cannot be opened is kept, `failed`, with the
+    /// reason: the daemon still serves the others.
+    pub fn open(cfg: EngineConfig) -> std::result::Result<(Engine, RecoveryReport), Error> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| Error::Backend(backend::BackendError::io("mkdir", &cfg.state_dir, e)))?;
+        let mounts_dir = cfg.run_dir.join("m");
+        std::fs::create_dir_all(&mounts_dir)
+            .map_err(|e| Error::Backend(backend::BackendError::io("mkdir", &mounts_dir, e)))?;
+        let store = Store::open(&cfg.state_dir.join("layerd.redb"))?;
+        let mut pools = BTreeMap::new();
+        for spec in cfg.pools {
+            let backend = open_backend(&spec).map_err(|e| e.to_string());
+            if let Err(reason) = &backend {
+                tracing::error!(pool = %spec.name, driver = spec.driver.as_str(), %reason, "pool cannot be opened; it is marked failed");
+            }
+            let status = PoolStatus {
+                health: if backend.is_ok() {
+                    Health::Ok
+                } else {
+                    Health::Failed
+                },
+                reason: backend.as_ref().err().cloned().unwrap_or_default(),
+                data_size: 0,
+                data_used: 0,
+                metadata_size: 0,
+                metadata_used: 0,
+                layer_count: 0,
+            };
+            pools.insert(
+                spec.name.clone(),
+                Pool {
+                    spec,
+                    backend,
+                    status: Mutex::new(status),
+                    layer_count: AtomicU64::new(0),
+                },
+            );
+        }
+        let (events, _) = broadcast::channel(256);
+        let engine = Engine {
+            store,
+            pools,
+            default_pool: cfg.default_pool,
+            run_dir: cfg.run_dir,
+            events,
+            mount_lock: Mutex::new(()),
+        };
+        let report = engine.reconcile()?;
+        engine.count_layers()?;
+        engine.sample_all();
+        Ok((engine, report))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn default_pool(&self) -> &str {
+        &self.default_pool
+    }
+
+    pub fn pool_names(&self) -> Vec<String> {
+        self.pools.keys().cloned().collect()
+    }
+
+    pub fn pool(&self, name: &str) -> Result<PoolView> {
+        let p = self
+            .pools
+            .get(name)
+            .ok_or_else(|| Error::PoolNotFound(name.to_string()))?;
+        let mut status = lock(&p.status).clone();
+        status.layer_count = p.layer_count.load(Ordering::Relaxed);
+        Ok(PoolView {
+            name: p.spec.name.clone(),
+            driver: p.spec.driver.as_str(),
+            backing: p.backend.as_ref().map(|b| b.backing()).unwrap_or("unknown"),
+            path: p.spec.path.clone(),
+            status,
+        })
+    }
+
+    /// Re-reads every pool's space and health; emits events for changes.
+    pub fn sample_all(&self) {
+        for name in self.pools.keys() {
+            let _ = self.sample(name, true);
+        }
+    }
+
+    /// Re-reads one pool's space, updates health and tells the adapters
+    /// about level changes (and, when `announce`, about any change).
+    fn sample(&self, name: &str, announce: bool) -> Option<PoolStatus> {
+        let p = self.pools.get(name)?;
+        let backend = p.backend.as_ref().ok()?;
+        let (new, old) = {
+            let mut st = lock(&p.status);
+            let old = st.clone();
+            match backend.space() {
+                Ok(space) => {
+                    st.data_size = space.data_size;
+                    st.data_used = space.data_used;
+                    st.metadata_size = space.metadata_size;
+                    st.metadata_used = space.metadata_used;
+                    let (h, reason) = health_of(&space, &p.spec.thresholds);
+                    st.health = h;
+                    st.reason = reason;
+                }
+                Err(e) => {
+                    st.health = Health::Failed;
+                    st.reason = e.to_string();
+                }
+            }
+            st.layer_count = p.layer_count.load(Ordering::Relaxed);
+            (st.clone(), old)
+        };
+        if new.health != old.health {
+            if new.health > Health::Ok {
+                tracing::warn!(pool = name, health = new.health.as_str(), data_percent = new.data_percent(), reason = %new.reason, "pool health changed");
+            } else {
+                tracing::info!(
+                    pool = name,
+                    health = new.health.as_str(),
+                    "pool health changed"
+                );
+            }
+            let _ = self.events.send(Event::UsageAlert {
+                pool: name.to_string(),
+                level: new.health,
+                data_percent: new.data_percent(),
+                metadata_percent: new.metadata_percent(),
+            });
+        }
+        if new != old
+            && (announce || new.health != old.health || new.layer_count != old.layer_count)
+        {
+            let _ = self.events.send(Event::PoolChanged(name.to_string()));
+        }
+        Some(new)
+    }
+
+    fn count_layers(&self) -> Result<()> {
+        let layers = self.store.read(|tx| tx.layers())?;
+        for p in self.pools.values() {
+            let n = layers.iter().filter(|r| r.pool == p.spec.name).count();
+            p.layer_count.store(n as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn get_pool(&self, name: &str) -> Result<&Pool> {
+        self.pools
+            .get(name)
+            .ok_or_else(|| Error::PoolNotFound(name.to_string()))
+    }
+
+    fn mount_dir(&self, id: u64) -> PathBuf {
+        self.run_dir.join("m").join(id.to_string())
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+}
+
+/// Health from space and thresholds: read-only first, then full (less free
+/// space than new layers need), critical, warning.
+pub fn health_of(space: &backend::Space, t: &Thresholds) -> (Health, String) {
+    let used = types::percent(space.data_used, space.data_size);
+    let meta = types::percent(space.metadata_used, space.metadata_size);
+    let worst = used.max(meta);
+    let what = if meta > used { "metadata" } else { "data" };
+    if space.read_only {
+        (Health::ReadOnly, "the pool's storage is read-only".into())
+    } else if 100.0 - worst < t.min_free_percent as f64 {
+        (
+            Health::Full,
+            format!(
+                "{what} {worst:.1}% used; new layers need {}% free",
+                t.min_free_percent
+            ),
+        )
+    } else if worst >= t.critical_percent as f64 {
+        (
+            Health::Critical,
+            format!(
+                "{what} {worst:.1}% used (critical at {}%)",
+                t.critical_percent
+            ),
+        )
+    } else if worst >= t.warn_percent as f64 {
+        (
+            Health::Warning,
+            format!("{what} {worst:.1}% used (warning at {}%)", t.warn_percent),
+        )
+    } else {
+        (Health::Ok, String::new())
+    }
+}
+
+fn open_backend(spec: &PoolSpec) -> std::result::Result<Box<dyn Backend>, backend::BackendError> {
+    match spec.driver {
+        Driver::Overlay => Ok(Box::new(backend::overlay::Overlay::open(&spec.path)?)),
+        Driver::Vfs => Ok(Box::new(backend::vfs::Vfs::open(&spec.path)?)),
+        d => Err(backend::BackendError::NotSupported(format!(
+            "driver {:?} is not in this build yet (available: overlay, vfs)",
+            d.as_str()
+        ))),
+    }
+}
+
+/// A poisoned lock only means another request panicked; the data it
+/// guards (status numbers, a unit) is still consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ancestor ids of `rec`, nearest first.
+fn chain(
+    tx_get: impl Fn(u64) -> store::Result<Option<LayerRecord>>,
+    mut parent: Option<u64>,
+) -> store::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    while let Some(p) = parent {
+        out.push(p);
+        parent = tx_get(p)?.and_then(|r| r.parent);
+    }
+    Ok(out)
+}
+
+fn layer_ref<'a>(rec: &LayerRecord, parents: &'a [u64]) -> LayerRef<'a> {
+    LayerRef {
+        id: rec.id,
+        kind: rec.kind,
+        parents,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space(used: u64, size: u64) -> backend::Space {
+        backend::Space {
+            data_size: size,
+            data_used: used,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn health_levels_follow_thresholds() {
+        let t = Thresholds {
+            warn_percent: 80,
+            critical_percent: 90,
+            min_free_percent: 5,
+        };
+        assert_eq!(health_of(&space(10, 100), &t).0, Health::Ok);
+        assert_eq!(health_of(&space(80, 100), &t).0, Health::Warning);
+        assert_eq!(health_of(&space(91, 100), &t).0, Health::Critical);
+        assert_eq!(health_of(&space(96, 100), &t).0, Health::Full);
+        let ro = backend::Space {
+            read_only: true,
+            ..space(1, 100)
+        };
+        assert_eq!(health_of(&ro, &t).0, Health::ReadOnly);
+    }
+
+    #[test]
+    fn metadata_counts_like_data() {
+        let t = Thresholds::default();
+        let s = backend::Space {
+            data_size: 100,
+            data_used: 1,
+            metadata_size: 100,
+            metadata_used: 85,
+            read_only: false,
+        };
+        let (h, why) = health_of(&s, &t);
+        assert_eq!(h, Health::Warning);
+        assert!(why.starts_with("metadata"), "{why}");
+    }
+}

@@ -1,0 +1,185 @@
+//! Start-up reconciliation of the store with what the disks and the mount
+//! table hold. The rules, per what is found:
+//!
+//! | found                                   | action                          |
+//! |-----------------------------------------|---------------------------------|
+//! | record `Creating`                       | roll back: discard storage, drop record |
+//! | record `Committing`                     | roll forward: commit, finish record |
+//! | record `Ready`, storage missing         | report (never invent data)      |
+//! | tombstone                               | finish the removal              |
+//! | storage id ≥ next_id, no record         | discard: its intent never reached the disk, so no client was ever told it exists |
+//! | storage id < next_id, no record, no tombstone | quarantine and report |
+//! | anything not named by layerd            | quarantine and report           |
+//! | mount reference, not mounted            | re-mount if pinned, else drop   |
+//! | mount under run_dir with no reference   | unmount                         |
+//!
+//! Committed data is never deleted unless a durable record says to
+//! (a tombstone written by Remove).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use super::error::Result;
+use super::layers::{drop_record, finish_commit};
+use super::mounts::is_mounted;
+use super::store::MountRef;
+use super::types::State;
+use super::{chain, Engine};
+use crate::backend::Found;
+use crate::sys::{mount, mountinfo};
+
+/// What reconciliation did, for the log.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub rolled_back: Vec<u64>,
+    pub rolled_forward: Vec<u64>,
+    pub removals_finished: Vec<u64>,
+    pub discarded: Vec<u64>,
+    pub quarantined: Vec<PathBuf>,
+    pub missing: Vec<(String, u64)>,
+    pub mounts_dropped: Vec<u64>,
+    pub mounts_restored: Vec<u64>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.rolled_back.is_empty()
+            && self.rolled_forward.is_empty()
+            && self.removals_finished.is_empty()
+            && self.discarded.is_empty()
+            && self.quarantined.is_empty()
+            && self.missing.is_empty()
+            && self.mounts_dropped.is_empty()
+            && self.mounts_restored.is_empty()
+    }
+}
+
+impl Engine {
+    pub(super) fn reconcile(&self) -> Result<Report> {
+        let mut report = Report::default();
+        let (records, tombstones, next_id) = self
+            .store
+            .read(|tx| -> Result<_> { Ok((tx.layers()?, tx.tombstones()?, tx.next_id()?)) })?;
+
+        for rec in &records {
+            let Ok(backend) = self.get_pool(&rec.pool).and_then(|p| p.backend()) else {
+                continue; // a failed or unconfigured pool: leave its records alone
+            };
+            match &rec.state {
+                State::Creating => {
+                    backend.discard(rec.id)?;
+                    self.store.write(true, |tx| drop_record(tx, rec))?;
+                    report.rolled_back.push(rec.id);
+                }
+                State::Committing { .. } => {
+                    backend.commit(rec.id)?;
+                    self.store.write(true, |tx| finish_commit(tx, rec))?;
+                    report.rolled_forward.push(rec.id);
+                }
+                State::Ready => {
+                    if !backend.exists(rec.id) {
+                        tracing::error!(pool = %rec.pool, layer = rec.id, key = %rec.key, "layer is recorded but its storage is missing");
+                        report.missing.push((rec.key.clone(), rec.id));
+                    }
+                }
+            }
+        }
+
+        let mut stoned: HashSet<u64> = HashSet::new();
+        for (id, pool) in &tombstones {
+            stoned.insert(*id);
+            if let Ok(b) = self.get_pool(pool).and_then(|p| p.backend()) {
+                b.remove(*id)?;
+                self.store.write(true, |tx| tx.delete_tombstone(*id))?;
+                report.removals_finished.push(*id);
+            }
+        }
+
+        let known: HashMap<u64, &str> = records.iter().map(|r| (r.id, r.pool.as_str())).collect();
+        for (name, pool) in &self.pools {
+            let Ok(backend) = pool.backend() else {
+                continue;
+            };
+            for found in backend.scan()? {
+                match found {
+                    Found::Layer(id)
+                        if known.get(&id) == Some(&name.as_str()) || stoned.contains(&id) => {}
+                    Found::Layer(id) if id >= next_id && !known.contains_key(&id) => {
+                        backend.discard(id)?;
+                        report.discarded.push(id);
+                    }
+                    Found::Layer(id) => {
+                        // Ours by name but unrecorded: keep the data aside.
+                        for path in [
+                            backend.path().join(id.to_string()),
+                            backend.path().join("w").join(id.to_string()),
+                        ] {
+                            if path.symlink_metadata().is_ok() {
+                                let to = backend.quarantine(&path)?;
+                                tracing::warn!(pool = %name, path = %path.display(), quarantine = %to.display(), "unrecorded layer storage quarantined");
+                                report.quarantined.push(to);
+                            }
+                        }
+                    }
+                    Found::Unknown(path) => {
+                        let to = backend.quarantine(&path)?;
+                        tracing::warn!(pool = %name, path = %path.display(), quarantine = %to.display(), "unknown entry in pool quarantined");
+                        report.quarantined.push(to);
+                    }
+                }
+            }
+        }
+
+        self.reconcile_mounts(&mut report)?;
+        if report.is_clean() {
+            tracing::debug!("store and storage agree");
+        } else {
+            tracing::info!(?report, "reconciled store with storage");
+        }
+        Ok(report)
+    }
+
+    fn reconcile_mounts(&self, report: &mut Report) -> Result<()> {
+        let refs = self.store.read(|tx| tx.mount_refs())?;
+        let mut wanted = HashSet::new();
+        for (id, mref) in refs {
+            let rec = self.store.read(|tx| tx.get(id))?;
+            let target = self.mount_dir(id);
+            let Some(rec) = rec.filter(|r| r.state == State::Ready) else {
+                self.store
+                    .write(false, |tx| tx.set_mount_ref(id, MountRef::default()))?;
+                report.mounts_dropped.push(id);
+                continue;
+            };
+            if is_mounted(&target) {
+                wanted.insert(target);
+                continue;
+            }
+            // Process references did not survive whatever unmounted it.
+            let next = MountRef { refs: 0, ..mref };
+            if next.pinned {
+                let parents = self.store.read(|tx| chain(|i| tx.get(i), rec.parent))?;
+                self.store
+                    .write(false, |tx| tx.set_mount_ref(id, MountRef::default()))?;
+                self.pin(&rec, &parents)?;
+                wanted.insert(target);
+                report.mounts_restored.push(id);
+            } else {
+                self.store.write(false, |tx| tx.set_mount_ref(id, next))?;
+                report.mounts_dropped.push(id);
+            }
+        }
+        let dir = self.run_dir.join("m");
+        for mi in mountinfo::mounts_under(&dir)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+        {
+            if !wanted.contains(&mi.mount_point) {
+                tracing::warn!(path = %mi.mount_point.display(), "unmounting a stale daemon mount");
+                let _ = mount::unmount(&mi.mount_point, true);
+            }
+        }
+        Ok(())
+    }
+}

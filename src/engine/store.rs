@@ -1,0 +1,313 @@
+//! The metadata store: layer records, the key name space, parent→children
+//! index, tombstones of removed layers and the daemon's mount references,
+//! in one redb file (`<state_dir>/layerd.redb`).
+//!
+//! redb gives ACID transactions with copy-on-write B-trees and a checksummed
+//! commit, so a crash leaves either the old or the new state. Durability is
+//! chosen per transaction: a step that acknowledges something to a client
+//! is durable (one fsync); intents written before a kernel step may be
+//! non-durable because recovery treats a missing intent the same as a
+//! rolled-back one (see engine/recovery.rs).
+
+use std::path::Path;
+
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadableMultimapTable, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::types::LayerRecord;
+
+const LAYERS: TableDefinition<u64, &[u8]> = TableDefinition::new("layers");
+const KEYS: TableDefinition<&str, u64> = TableDefinition::new("keys");
+const CHILDREN: MultimapTableDefinition<u64, u64> = MultimapTableDefinition::new("children");
+const TOMBSTONES: TableDefinition<u64, &str> = TableDefinition::new("tombstones");
+const MOUNTS: TableDefinition<u64, &[u8]> = TableDefinition::new("mounts");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const NEXT_ID: &str = "next_id";
+const SCHEMA: &str = "schema";
+const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Db(#[from] redb::Error),
+    #[error("record {id} is corrupt: {source}")]
+    Corrupt {
+        id: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("store schema {found} is newer than this layerd understands ({SCHEMA_VERSION})")]
+    Schema { found: u64 },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A daemon-held mount of a layer: `refs` from Mount() calls, and `pinned`
+/// when the daemon mounted it to hand out a bind spec (chains whose overlay
+/// options do not fit one mount(2) page).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRef {
+    pub refs: u32,
+    pub pinned: bool,
+}
+
+impl MountRef {
+    pub fn held(&self) -> bool {
+        self.refs > 0 || self.pinned
+    }
+}
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        {
+            tx.open_table(LAYERS)?;
+            tx.open_table(KEYS)?;
+            tx.open_multimap_table(CHILDREN)?;
+            tx.open_table(TOMBSTONES)?;
+            tx.open_table(MOUNTS)?;
+            let mut meta = tx.open_table(META)?;
+            let schema = meta.get(SCHEMA)?.map(|v| v.value());
+            match schema {
+                None => {
+                    meta.insert(SCHEMA, SCHEMA_VERSION)?;
+                    meta.insert(NEXT_ID, 1)?;
+                }
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::Schema { found: v }),
+                Some(_) => {}
+            }
+        }
+        tx.commit()?;
+        Ok(Store { db })
+    }
+
+    /// Runs `f` in a write transaction; commits if it returns Ok, aborts
+    /// otherwise. `durable` = fsync before returning.
+    pub fn write<T, E>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTx) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut tx = self.db.begin_write().map_err(StoreError::from)?;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
+        let wtx = WriteTx { tx };
+        let out = f(&wtx)?;
+        wtx.tx.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    pub fn read<T, E>(
+        &self,
+        f: impl FnOnce(&ReadTx) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let tx = self.db.begin_read().map_err(StoreError::from)?;
+        f(&ReadTx { tx })
+    }
+}
+
+fn decode(id: u64, bytes: &[u8]) -> Result<LayerRecord> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { id, source })
+}
+
+fn encode(rec: &LayerRecord) -> Vec<u8> {
+    // Serializing plain structs of strings and integers cannot fail.
+    serde_json::to_vec(rec).unwrap_or_default()
+}
+
+/// Reads shared by read and write transactions.
+macro_rules! reads {
+    () => {
+        pub fn id_of(&self, key: &str) -> Result<Option<u64>> {
+            let t = self.tx.open_table(KEYS)?;
+            let id = t.get(key)?.map(|v| v.value());
+            Ok(id)
+        }
+
+        pub fn get(&self, id: u64) -> Result<Option<LayerRecord>> {
+            let t = self.tx.open_table(LAYERS)?;
+            let v = t.get(id)?;
+            v.map(|v| decode(id, v.value())).transpose()
+        }
+
+        pub fn by_key(&self, key: &str) -> Result<Option<LayerRecord>> {
+            match self.id_of(key)? {
+                Some(id) => self.get(id),
+                None => Ok(None),
+            }
+        }
+
+        pub fn children(&self, id: u64) -> Result<Vec<u64>> {
+            let t = self.tx.open_multimap_table(CHILDREN)?;
+            let mut out = Vec::new();
+            for c in t.get(id)? {
+                out.push(c?.value());
+            }
+            Ok(out)
+        }
+
+        pub fn layers(&self) -> Result<Vec<LayerRecord>> {
+            let t = self.tx.open_table(LAYERS)?;
+            let mut out = Vec::with_capacity(t.len()? as usize);
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push(decode(k.value(), v.value())?);
+            }
+            Ok(out)
+        }
+
+        pub fn mount_ref(&self, id: u64) -> Result<MountRef> {
+            let t = self.tx.open_table(MOUNTS)?;
+            let v = t.get(id)?;
+            Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok())
+                .unwrap_or_default())
+        }
+
+        pub fn mount_refs(&self) -> Result<Vec<(u64, MountRef)>> {
+            let t = self.tx.open_table(MOUNTS)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((
+                    k.value(),
+                    serde_json::from_slice(v.value()).unwrap_or_default(),
+                ));
+            }
+            Ok(out)
+        }
+
+        pub fn tombstones(&self) -> Result<Vec<(u64, String)>> {
+            let t = self.tx.open_table(TOMBSTONES)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value(), v.value().to_string()));
+            }
+            Ok(out)
+        }
+
+        /// The id the next layer will get; ids below it were handed out by
+        /// a transaction that reached the disk.
+        pub fn next_id(&self) -> Result<u64> {
+            let t = self.tx.open_table(META)?;
+            let id = t.get(NEXT_ID)?.map(|v| v.value()).unwrap_or(1);
+            Ok(id)
+        }
+    };
+}
+
+pub struct ReadTx {
+    tx: redb::ReadTransaction,
+}
+
+impl ReadTx {
+    reads!();
+}
+
+pub struct WriteTx {
+    tx: redb::WriteTransaction,
+}
+
+impl WriteTx {
+    reads!();
+
+    pub fn alloc_id(&self) -> Result<u64> {
+        let mut t = self.tx.open_table(META)?;
+        let id = t.get(NEXT_ID)?.map(|v| v.value()).unwrap_or(1);
+        t.insert(NEXT_ID, id + 1)?;
+        Ok(id)
+    }
+
+    /// Inserts or replaces a record (its key mapping is separate).
+    pub fn put(&self, rec: &LayerRecord) -> Result<()> {
+        let mut t = self.tx.open_table(LAYERS)?;
+        t.insert(rec.id, encode(rec).as_slice())?;
+        Ok(())
+    }
+
+    pub fn delete(&self, id: u64) -> Result<()> {
+        let mut t = self.tx.open_table(LAYERS)?;
+        t.remove(id)?;
+        Ok(())
+    }
+
+    pub fn set_key(&self, key: &str, id: u64) -> Result<()> {
+        let mut t = self.tx.open_table(KEYS)?;
+        t.insert(key, id)?;
+        Ok(())
+    }
+
+    pub fn delete_key(&self, key: &str) -> Result<()> {
+        let mut t = self.tx.open_table(KEYS)?;
+        t.remove(key)?;
+        Ok(())
+    }
+
+    pub fn add_child(&self, parent: u64, child: u64) -> Result<()> {
+        let mut t = self.tx.open_multimap_table(CHILDREN)?;
+        t.insert(parent, child)?;
+        Ok(())
+    }
+
+    pub fn delete_child(&self, parent: u64, child: u64) -> Result<()> {
+        let mut t = self.tx.open_multimap_table(CHILDREN)?;
+        t.remove(parent, child)?;
+        Ok(())
+    }
+
+    pub fn add_tombstone(&self, id: u64, pool: &str) -> Result<()> {
+        let mut t = self.tx.open_table(TOMBSTONES)?;
+        t.insert(id, pool)?;
+        Ok(())
+    }
+
+    pub fn delete_tombstone(&self, id: u64) -> Result<()> {
+        let mut t = self.tx.open_table(TOMBSTONES)?;
+        t.remove(id)?;
+        Ok(())
+    }
+
+    pub fn set_mount_ref(&self, id: u64, m: MountRef) -> Result<()> {
+        let mut t = self.tx.open_table(MOUNTS)?;
+        if m.held() {
+            let bytes = serde_json::to_vec(&m).unwrap_or_default();
+            t.insert(id, bytes.as_slice())?;
+        } else {
+            t.remove(id)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! Checks on client input, before anything changes.
+
+use std::collections::BTreeMap;
+
+use crate::engine::error::{Error, Result};
+
+/// Keys, names and label pairs are capped like containerd's labels: 4 KiB.
+pub const MAX_KEY_BYTES: usize = 4096;
+pub const MAX_LABEL_BYTES: usize = 4096;
+/// The label that picks a parentless layer's pool.
+pub const POOL_LABEL: &str = "layerd.io/pool";
+
+pub fn key(what: &str, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} must not be empty")));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+pub fn labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in labels {
+        if k.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a label key must not be empty".into(),
+            ));
+        }
+        if k.len() + v.len() > MAX_LABEL_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "label {:?}: key and value are {} bytes together; the limit is {MAX_LABEL_BYTES}",
+                truncate(k, 64),
+                k.len() + v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Start of a long string, for messages.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Applies Update's field paths: none or `labels` replace all labels;
+/// `labels.K` sets K from `new` or deletes it when `new` lacks it.
+pub fn apply_fieldpaths(
+    current: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    paths: &[String],
+) -> Result<BTreeMap<String, String>> {
+    if paths.is_empty() {
+        return Ok(new.clone());
+    }
+    let mut out = current.clone();
+    for p in paths {
+        if p == "labels" {
+            out = new.clone();
+        } else if let Some(k) = p.strip_prefix("labels.") {
+            if k.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "field path \"labels.\" names no label".into(),
+                ));
+            }
+            match new.get(k) {
+                Some(v) => out.insert(k.to_string(), v.clone()),
+                None => out.remove(k),
+            };
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "cannot update field path {:?}: only \"labels\" and \"labels.<key>\" can change",
+                truncate(p, 64)
+            )));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn key_limits() {
+        assert!(key("key", "a/b/c").is_ok());
+        assert!(key("key", &"x".repeat(4096)).is_ok());
+        assert!(key("key", &"x".repeat(4097)).is_err());
+        assert!(key("key", "").is_err());
+    }
+
+    #[test]
+    fn label_limits() {
+        assert!(labels(&m(&[("a", "b")])).is_ok());
+        assert!(labels(&m(&[("a", &"v".repeat(4095))])).is_ok());
+        assert!(labels(&m(&[("a", &"v".repeat(4096))])).is_err());
+        assert!(labels(&m(&[("", "v")])).is_err());
+    }
+
+    #[test]
+    fn fieldpaths() {
+        let cur = m(&[("a", "1"), ("b", "2")]);
+        let new = m(&[("b", "20"), ("c", "3")]);
+        assert_eq!(apply_fieldpaths(&cur, &new, &[]).unwrap(), new);
+        assert_eq!(
+            apply_fieldpaths(&cur, &new, &["labels".into()]).unwrap(),
+            new
+        );
+        assert_eq!(
+            apply_fieldpaths(&cur, &new, &["labels.b".into(), "labels.a".into()]).unwrap(),
+            m(&[("b", "20")])
+        );
+        assert_eq!(
+            apply_fieldpaths(&cur, &new, &["labels.c".into()]).unwrap(),
+            m(&[("a", "1"), ("b", "2"), ("c", "3")])
+        );
+        assert!(apply_fieldpaths(&cur, &new, &["name".into()]).is_err());
+        assert!(apply_fieldpaths(&cur, &new, &["labels.".into()]).is_err());
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("ab", 5), "ab");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+}

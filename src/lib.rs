@@ -1,0 +1,13 @@
+//! layerd: a host storage manager for container layers.
+//!
+//! Data flows one way: [`dbus`] → [`engine`] → [`backend`] → kernel
+//! ([`sys`]). [`monitor`] calls the engine on a timer. See
+//! docs/ARCHITECTURE.md for the map.
+
+pub mod backend;
+pub mod config;
+pub mod dbus;
+pub mod engine;
+pub mod logging;
+pub mod monitor;
+pub mod sys;

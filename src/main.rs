@@ -1,0 +1,173 @@
+//! The layerd daemon: load config, open the engine (which reconciles store
+//! and disks), serve D-Bus, sample pools, stop on SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use layerd::config::{self, Config};
+use layerd::engine::{self, Engine, EngineConfig, PoolSpec, Thresholds};
+
+const DEFAULT_CONFIG: &str = "/etc/layerd/layerd.toml";
+
+const USAGE: &str = "\
+usage: layerd [--config PATH] [--bus-address ADDRESS] [--check-config]
+
+  --config PATH          configuration file (default /etc/layerd/layerd.toml;
+                         when that does not exist, the built-in default: one
+                         pool \"main\" under /var/lib/layerd)
+  --bus-address ADDRESS  serve on this D-Bus address instead of the system bus
+  --check-config         validate the configuration, print it, and exit
+  LAYERD_LOG             log filter (default info), e.g. LAYERD_LOG=debug
+";
+
+struct Args {
+    config: Option<PathBuf>,
+    bus_address: Option<String>,
+    check_only: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        config: None,
+        bus_address: None,
+        check_only: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => args.config = Some(it.next().ok_or("--config needs a path")?.into()),
+            "--bus-address" => {
+                args.bus_address = Some(it.next().ok_or("--bus-address needs an address")?)
+            }
+            "--check-config" => args.check_only = true,
+            "--version" => {
+                println!("layerd {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
+    match &args.config {
+        Some(p) => config::load(p),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            config::load(std::path::Path::new(DEFAULT_CONFIG))
+        }
+        None => Ok(config::builtin_default()),
+    }
+}
+
+fn engine_config(c: &Config) -> EngineConfig {
+    EngineConfig {
+        state_dir: c.daemon.state_dir.clone(),
+        run_dir: c.daemon.run_dir.clone(),
+        default_pool: c.daemon.default_pool.clone(),
+        pools: c
+            .pools
+            .iter()
+            .map(|p| PoolSpec {
+                name: p.name.clone(),
+                driver: match p.driver {
+                    config::Driver::Thin => engine::Driver::Thin,
+                    config::Driver::Btrfs => engine::Driver::Btrfs,
+                    config::Driver::Overlay => engine::Driver::Overlay,
+                    config::Driver::Vfs => engine::Driver::Vfs,
+                },
+                path: p.path.clone(),
+                thresholds: Thresholds {
+                    warn_percent: p.monitor.warn_percent,
+                    critical_percent: p.monitor.critical_percent,
+                    min_free_percent: p.monitor.min_free_percent,
+                },
+            })
+            .collect(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("layerd: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("layerd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_only {
+        println!("{cfg:#?}");
+        return ExitCode::SUCCESS;
+    }
+    layerd::logging::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("layerd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg, args.bus_address)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "layerd stopped");
+            eprintln!("layerd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config, bus_address: Option<String>) -> Result<(), String> {
+    let ecfg = engine_config(&cfg);
+    let (engine, report) = tokio::task::spawn_blocking(move || Engine::open(ecfg))
+        .await
+        .map_err(|e| format!("start-up task failed: {e}"))?
+        .map_err(|e| format!("cannot open the engine: {e}"))?;
+    if !report.quarantined.is_empty() || !report.missing.is_empty() {
+        tracing::warn!(
+            quarantined = report.quarantined.len(),
+            missing = report.missing.len(),
+            "start-up found data without records or records without data; see the log above"
+        );
+    }
+    let engine = Arc::new(engine);
+    let conn = layerd::dbus::serve(engine.clone(), bus_address.as_deref())
+        .await
+        .map_err(|e| format!("cannot serve D-Bus: {e}"))?;
+    tracing::info!(
+        bus = %bus_address.as_deref().unwrap_or("system"),
+        pools = ?engine.pool_names(),
+        unique_name = ?conn.unique_name().map(|n| n.to_string()),
+        "layerd ready"
+    );
+    let monitor = tokio::spawn(layerd::monitor::run(
+        engine.clone(),
+        layerd::monitor::SAMPLE_EVERY,
+    ));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    monitor.abort();
+    // Daemon mounts stay: they are recorded and the next start adopts them.
+    drop(conn);
+    Ok(())
+}

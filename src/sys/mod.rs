@@ -1,0 +1,7 @@
+//! Thin wrappers over kernel interfaces that several drivers share: mount
+//! (classic and the new mount API), /proc/self/mountinfo, tree copies.
+//! Nothing here knows about layers, keys or pools.
+
+pub mod copytree;
+pub mod mount;
+pub mod mountinfo;
