@@ -7,6 +7,7 @@
 //!                  overlayfs requires)
 //! <pool>/t/        trash: removed layers wait here until purge
 //! <pool>/q/        quarantine: things layerd has no record of, never deleted
+//! <pool>/.layerd-pool  the token binding this directory to the store
 //! ```
 
 use std::fs;
@@ -18,6 +19,8 @@ use crate::sys::copytree::tree_usage;
 const WORK: &str = "w";
 const TRASH: &str = "t";
 const QUARANTINE: &str = "q";
+/// Holds the token that binds this directory to layerd's store.
+const TOKEN: &str = ".layerd-pool";
 
 #[derive(Debug)]
 pub struct DirPool {
@@ -106,7 +109,7 @@ impl DirPool {
                 let entry = entry.map_err(|e| BackendError::io("readdir", &dir, e))?;
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if reserved && [WORK, TRASH, QUARANTINE].contains(&name.as_ref()) {
+                if reserved && [WORK, TRASH, QUARANTINE, TOKEN].contains(&name.as_ref()) {
                     continue;
                 }
                 match parse_id(&name) {
@@ -117,6 +120,30 @@ impl DirPool {
             }
         }
         Ok(found)
+    }
+
+    pub fn read_token(&self) -> Result<Option<u64>, BackendError> {
+        let path = self.root.join(TOKEN);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(s.trim().parse().ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BackendError::io("read", &path, e)),
+        }
+    }
+
+    /// Writes the token file and syncs it and the directory.
+    pub fn write_token(&self, token: u64) -> Result<(), BackendError> {
+        use std::io::Write;
+        let path = self.root.join(TOKEN);
+        let tmp = self.root.join(TRASH).join(TOKEN);
+        let mut f = fs::File::create(&tmp).map_err(|e| BackendError::io("create", &tmp, e))?;
+        writeln!(f, "{token}").map_err(|e| BackendError::io("write", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| BackendError::io("fsync", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| BackendError::io("rename", &tmp, e))?;
+        fs::File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| BackendError::io("fsync", &self.root, e))
     }
 
     /// Renames `what` into `q/` with a time suffix, so nothing is overwritten.

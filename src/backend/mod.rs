@@ -87,6 +87,11 @@ pub trait Backend: Send + Sync {
     fn scan(&self) -> Result<Vec<Found>, BackendError>;
     /// Moves something unknown aside without deleting it; returns where.
     fn quarantine(&self, what: &Path) -> Result<PathBuf, BackendError>;
+    /// The token binding this storage to a store (see engine/recovery.rs),
+    /// if one was written.
+    fn read_token(&self) -> Result<Option<u64>, BackendError>;
+    /// Writes the binding token durably.
+    fn write_token(&self, token: u64) -> Result<(), BackendError>;
     /// The deepest chain (lower layers) this driver can mount, if limited.
     fn max_depth(&self) -> Option<usize> {
         None

@@ -173,6 +173,14 @@ impl Backend for Overlay {
         self.dirs.quarantine(what)
     }
 
+    fn read_token(&self) -> Result<Option<u64>, BackendError> {
+        self.dirs.read_token()
+    }
+
+    fn write_token(&self, token: u64) -> Result<(), BackendError> {
+        self.dirs.write_token(token)
+    }
+
     fn max_depth(&self) -> Option<usize> {
         Some(MAX_LOWERS)
     }

@@ -103,6 +103,14 @@ impl Backend for Vfs {
     fn quarantine(&self, what: &Path) -> Result<PathBuf, BackendError> {
         self.dirs.quarantine(what)
     }
+
+    fn read_token(&self) -> Result<Option<u64>, BackendError> {
+        self.dirs.read_token()
+    }
+
+    fn write_token(&self, token: u64) -> Result<(), BackendError> {
+        self.dirs.write_token(token)
+    }
 }
 
 /// A vfs child holds a whole copy; "this layer alone" means what differs

@@ -7,7 +7,7 @@
 //! | record `Committing`                     | roll forward: commit, finish record |
 //! | record `Ready`, storage missing         | report (never invent data)      |
 //! | tombstone                               | finish the removal              |
-//! | storage id ≥ next_id, no record         | discard: its intent never reached the disk, so no client was ever told it exists |
+//! | storage id ≥ next_id, no record, pool bound to this store | discard: its intent never reached the disk, so no client was ever told it exists |
 //! | storage id < next_id, no record, no tombstone | quarantine and report |
 //! | anything not named by layerd            | quarantine and report           |
 //! | mount reference, not mounted            | re-mount if pinned, else drop   |
@@ -15,6 +15,12 @@
 //!
 //! Committed data is never deleted unless a durable record says to
 //! (a tombstone written by Remove).
+//!
+//! The `next_id` rule is only sound when the pool's storage and this store
+//! belong together: a lost or replaced store starts counting ids again. So
+//! each pool's storage carries a token that the store also records; where
+//! they differ (or the storage predates the store), nothing unrecorded is
+//! discarded, only quarantined, and then the pool is bound to this store.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -100,11 +106,23 @@ impl Engine {
             let Ok(backend) = pool.backend() else {
                 continue;
             };
-            for found in backend.scan()? {
+            let stored = self.store.read(|tx| tx.pool_token(name))?;
+            let found_token = backend.read_token()?;
+            let found = backend.scan()?;
+            let bound = match (stored, found_token) {
+                (Some(s), Some(f)) => s == f,
+                // A fresh pool: nothing in it can predate the store.
+                (None, None) => !found.iter().any(|f| matches!(f, Found::Layer(_))),
+                _ => false,
+            };
+            if !bound {
+                tracing::warn!(pool = %name, stored_token = ?stored, pool_token = ?found_token, "pool storage is not bound to this store: unrecorded data will be quarantined, never discarded");
+            }
+            for found in found {
                 match found {
                     Found::Layer(id)
                         if known.get(&id) == Some(&name.as_str()) || stoned.contains(&id) => {}
-                    Found::Layer(id) if id >= next_id && !known.contains_key(&id) => {
+                    Found::Layer(id) if bound && id >= next_id && !known.contains_key(&id) => {
                         backend.discard(id)?;
                         report.discarded.push(id);
                     }
@@ -127,6 +145,12 @@ impl Engine {
                         report.quarantined.push(to);
                     }
                 }
+            }
+            if !bound {
+                let token = random_token()?;
+                backend.write_token(token)?;
+                self.store
+                    .write(true, |tx| tx.set_pool_token(name, token))?;
             }
         }
 
@@ -182,4 +206,16 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// A token no other store will have picked.
+fn random_token() -> Result<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| {
+            crate::backend::BackendError::io("read", std::path::Path::new("/dev/urandom"), e)
+        })?;
+    Ok(u64::from_le_bytes(b))
 }

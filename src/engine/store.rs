@@ -25,6 +25,9 @@ const CHILDREN: MultimapTableDefinition<u64, u64> = MultimapTableDefinition::new
 const TOMBSTONES: TableDefinition<u64, &str> = TableDefinition::new("tombstones");
 const MOUNTS: TableDefinition<u64, &[u8]> = TableDefinition::new("mounts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// pool name → token also written into the pool's storage, proving the
+/// storage and this store belong together.
+const POOL_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("pool_tokens");
 
 const NEXT_ID: &str = "next_id";
 const SCHEMA: &str = "schema";
@@ -90,6 +93,7 @@ impl Store {
             tx.open_multimap_table(CHILDREN)?;
             tx.open_table(TOMBSTONES)?;
             tx.open_table(MOUNTS)?;
+            tx.open_table(POOL_TOKENS)?;
             let mut meta = tx.open_table(META)?;
             let schema = meta.get(SCHEMA)?.map(|v| v.value());
             match schema {
@@ -219,6 +223,12 @@ macro_rules! reads {
             Ok(out)
         }
 
+        pub fn pool_token(&self, pool: &str) -> Result<Option<u64>> {
+            let t = self.tx.open_table(POOL_TOKENS)?;
+            let v = t.get(pool)?.map(|v| v.value());
+            Ok(v)
+        }
+
         /// The id the next layer will get; ids below it were handed out by
         /// a transaction that reached the disk.
         pub fn next_id(&self) -> Result<u64> {
@@ -297,6 +307,12 @@ impl WriteTx {
     pub fn delete_tombstone(&self, id: u64) -> Result<()> {
         let mut t = self.tx.open_table(TOMBSTONES)?;
         t.remove(id)?;
+        Ok(())
+    }
+
+    pub fn set_pool_token(&self, pool: &str, token: u64) -> Result<()> {
+        let mut t = self.tx.open_table(POOL_TOKENS)?;
+        t.insert(pool, token)?;
         Ok(())
     }
 
