@@ -31,12 +31,12 @@ else
 <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
-  <type>system</type>
   <listen>unix:path=$RUN/bus.sock</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*"/></policy>
+  <policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*"/><allow eavesdrop="true"/></policy>
 </busconfig>
 CONF
+  rm -f "$RUN/bus.sock"
   dbus-daemon --config-file="$RUN/bus.conf" --fork --print-pid >"$RUN/bus.pid"
   ADDR="unix:path=$RUN/bus.sock"
   BUSARG=(--bus-address "$ADDR"); BUSCTL="busctl --address=$ADDR"
@@ -46,7 +46,7 @@ fi
 "$BIN" "${BUSARG[@]}" >"$RUN/layerd.log" 2>&1 &
 echo $! >"$RUN/layerd.pid"
 for _ in $(seq 50); do
-  $BUSCTL status org.layerd.Layerd1 >/dev/null 2>&1 && break
+  timeout 2 $BUSCTL status org.layerd.Layerd1 >/dev/null 2>&1 && break
   kill -0 "$(cat "$RUN/layerd.pid")" 2>/dev/null || { cat "$RUN/layerd.log"; exit 1; }
   sleep 0.1
 done

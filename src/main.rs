@@ -8,8 +8,6 @@ use std::sync::Arc;
 use layerd::config::{self, Config};
 use layerd::engine::{self, Engine, EngineConfig, PoolSpec, Thresholds};
 
-const DEFAULT_CONFIG: &str = "/etc/layerd/layerd.toml";
-
 const USAGE: &str = "\
 usage: layerd [--config PATH] [--bus-address ADDRESS] [--check-config]
 
@@ -58,10 +56,15 @@ fn parse_args() -> Result<Args, String> {
 fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
     match &args.config {
         Some(p) => config::load(p),
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-            config::load(std::path::Path::new(DEFAULT_CONFIG))
-        }
-        None => Ok(config::builtin_default()),
+        None => match config::load_optional(std::path::Path::new(config::DEFAULT_CONFIG_PATH))? {
+            Some(c) => Ok(c),
+            None => {
+                // The built-in default gets the same checks as a file.
+                let c = config::builtin_default();
+                c.validate()?;
+                Ok(c)
+            }
+        },
     }
 }
 
@@ -133,6 +136,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config, bus_address: Option<String>) -> Result<(), String> {
+    // Watch signals first: a service manager may stop us the moment the
+    // bus name appears.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("cannot watch SIGINT: {e}"))?;
     let ecfg = engine_config(&cfg);
     let (engine, report) = tokio::task::spawn_blocking(move || Engine::open(ecfg))
         .await
@@ -160,11 +169,9 @@ async fn run(cfg: Config, bus_address: Option<String>) -> Result<(), String> {
         layerd::monitor::SAMPLE_EVERY,
     ));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
     monitor.abort();
     // Daemon mounts stay: they are recorded and the next start adopts them.

@@ -42,7 +42,12 @@ impl Overlay {
         match (l.kind, l.parents) {
             (Kind::View, []) => MountSpec::bind(&self.dirs.layer(l.id), true),
             (Kind::View, [p]) => MountSpec::bind(&self.dirs.layer(*p), true),
-            (Kind::View, ps) => MountSpec::overlay(&self.lowers(ps), None),
+            (Kind::View, ps) => {
+                // Read-only without an upper anyway; say so for mount(8).
+                let mut spec = MountSpec::overlay(&self.lowers(ps), None);
+                spec.options.push("ro".into());
+                spec
+            }
             (_, []) => MountSpec::bind(&self.dirs.layer(l.id), false),
             (_, ps) => MountSpec::overlay(
                 &self.lowers(ps),

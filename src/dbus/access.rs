@@ -66,7 +66,7 @@ impl Access {
             Ok(())
         } else {
             Err(DbusError::AccessDenied(format!(
-                "{method} changes state and is for root only (caller uid {uid}); reading (Stat, Walk, Usage, properties) is open to all"
+                "{method} is for root only (caller uid {uid}); Stat, Walk, Usage and properties are open to all"
             )))
         }
     }

@@ -18,6 +18,8 @@ use crate::sys::mount::MountSpec;
 
 type Spec = (String, String, Vec<String>);
 type Labels = HashMap<String, String>;
+/// Spelled out in method signatures too: zbus introspects an alias as
+/// one struct argument instead of six out-arguments.
 type StatOut = (String, String, String, Labels, u64, u64);
 type WalkRow = (String, String, String, String, Labels, u64, u64);
 
@@ -118,7 +120,10 @@ impl Manager {
     /// Name, parent, kind (active, view, committed), labels, and created
     /// and updated times in µs since the epoch.
     #[zbus(out_args("name", "parent", "kind", "labels", "created", "updated"))]
-    async fn stat(&self, key: String) -> Result<StatOut, DbusError> {
+    async fn stat(
+        &self,
+        key: String,
+    ) -> Result<(String, String, String, Labels, u64, u64), DbusError> {
         let e = self.engine.clone();
         blocking(move || e.stat(&key)).await.map(stat_out)
     }
@@ -133,7 +138,7 @@ impl Manager {
         key: String,
         labels: Labels,
         fieldpaths: Vec<String>,
-    ) -> Result<StatOut, DbusError> {
+    ) -> Result<(String, String, String, Labels, u64, u64), DbusError> {
         self.access.require_root(conn, &hdr, "Update").await?;
         let e = self.engine.clone();
         blocking(move || e.update(&key, labels.into_iter().collect(), &fieldpaths))

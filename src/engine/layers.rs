@@ -105,6 +105,7 @@ impl Engine {
                 tx.put(&ready)
             })?;
             pool.layer_count.fetch_add(1, Ordering::Relaxed);
+            let _ = self.sample(&rec.pool, false);
             self.specs(&rec, &parents)
         });
         match result {

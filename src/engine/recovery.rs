@@ -29,7 +29,7 @@ use super::error::Result;
 use super::layers::{drop_record, finish_commit};
 use super::mounts::is_mounted;
 use super::store::MountRef;
-use super::types::State;
+use super::types::{Kind, State};
 use super::{chain, Engine};
 use crate::backend::Found;
 use crate::sys::{mount, mountinfo};
@@ -146,7 +146,7 @@ impl Engine {
                     }
                 }
             }
-            if !bound {
+            if stored.is_none() || stored != found_token {
                 let token = random_token()?;
                 backend.write_token(token)?;
                 self.store
@@ -163,49 +163,84 @@ impl Engine {
         Ok(report)
     }
 
+    /// The kernel's mount table is the truth: a daemon mount that exists
+    /// is adopted (a container may be running on it), whatever the
+    /// non-durable reference count says; a pin that vanished (reboot) is
+    /// made again; anything else under `<run_dir>/m` is unmounted.
     fn reconcile_mounts(&self, report: &mut Report) -> Result<()> {
-        let refs = self.store.read(|tx| tx.mount_refs())?;
-        let mut wanted = HashSet::new();
-        for (id, mref) in refs {
-            let rec = self.store.read(|tx| tx.get(id))?;
+        let dir = self.run_dir.join("m");
+        let refs: HashMap<u64, MountRef> =
+            self.store.read(|tx| tx.mount_refs())?.into_iter().collect();
+        let mounted: Vec<mountinfo::MountInfo> = mountinfo::mounts_under(&dir).unwrap_or_default();
+        let mut ids: HashSet<u64> = refs.keys().copied().collect();
+        for mi in &mounted {
+            match mount_id(&dir, &mi.mount_point) {
+                Some(id) => {
+                    ids.insert(id);
+                }
+                None => {
+                    tracing::warn!(path = %mi.mount_point.display(), "unmounting a mount layerd did not make");
+                    let _ = mount::unmount(&mi.mount_point, true);
+                }
+            }
+        }
+        for id in ids {
+            let mref = refs.get(&id).copied().unwrap_or_default();
             let target = self.mount_dir(id);
-            let Some(rec) = rec.filter(|r| r.state == State::Ready) else {
+            let rec = self
+                .store
+                .read(|tx| tx.get(id))?
+                .filter(|r| r.state == State::Ready && r.kind != Kind::Committed);
+            let Some(rec) = rec else {
+                if is_mounted(&target) {
+                    tracing::warn!(layer = id, path = %target.display(), "unmounting the mount of a layer that no longer exists");
+                    let _ = mount::unmount(&target, true);
+                }
+                let _ = std::fs::remove_dir(&target);
                 self.store
                     .write(false, |tx| tx.set_mount_ref(id, MountRef::default()))?;
                 report.mounts_dropped.push(id);
                 continue;
             };
             if is_mounted(&target) {
-                wanted.insert(target);
+                if !mref.held() {
+                    tracing::info!(layer = id, path = %target.display(), "adopting a daemon mount whose reference was not recorded");
+                    self.store.write(false, |tx| {
+                        tx.set_mount_ref(
+                            id,
+                            MountRef {
+                                refs: 1,
+                                pinned: false,
+                            },
+                        )
+                    })?;
+                }
                 continue;
             }
             // Process references did not survive whatever unmounted it.
-            let next = MountRef { refs: 0, ..mref };
-            if next.pinned {
+            self.store
+                .write(false, |tx| tx.set_mount_ref(id, MountRef::default()))?;
+            if mref.pinned {
                 let parents = self.store.read(|tx| chain(|i| tx.get(i), rec.parent))?;
-                self.store
-                    .write(false, |tx| tx.set_mount_ref(id, MountRef::default()))?;
                 self.pin(&rec, &parents)?;
-                wanted.insert(target);
                 report.mounts_restored.push(id);
             } else {
-                self.store.write(false, |tx| tx.set_mount_ref(id, next))?;
                 report.mounts_dropped.push(id);
-            }
-        }
-        let dir = self.run_dir.join("m");
-        for mi in mountinfo::mounts_under(&dir)
-            .unwrap_or_default()
-            .iter()
-            .rev()
-        {
-            if !wanted.contains(&mi.mount_point) {
-                tracing::warn!(path = %mi.mount_point.display(), "unmounting a stale daemon mount");
-                let _ = mount::unmount(&mi.mount_point, true);
             }
         }
         Ok(())
     }
+}
+
+/// The layer id of a mount point `<dir>/<id>`.
+fn mount_id(dir: &std::path::Path, mount_point: &std::path::Path) -> Option<u64> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let rest = mount_point.strip_prefix(&dir).ok()?;
+    let name = rest.to_str()?;
+    if name.contains('/') || name.starts_with('0') {
+        return None;
+    }
+    name.parse().ok()
 }
 
 /// A token no other store will have picked.
