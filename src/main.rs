@@ -84,7 +84,17 @@ fn engine_config(c: &Config) -> EngineConfig {
                     config::Driver::Overlay => engine::Driver::Overlay,
                     config::Driver::Vfs => engine::Driver::Vfs,
                 },
+                backing: match p.backing {
+                    config::Backing::Loop => engine::Backing::Loop,
+                    config::Backing::Device => engine::Backing::Device,
+                    config::Backing::Existing => engine::Backing::Existing,
+                },
                 path: p.path.clone(),
+                size: p.size,
+                balance: layerd::backend::BalanceOptions {
+                    dusage: p.maintenance.balance_dusage.clone(),
+                    musage: p.maintenance.balance_musage.clone(),
+                },
                 thresholds: Thresholds {
                     warn_percent: p.monitor.warn_percent,
                     critical_percent: p.monitor.critical_percent,

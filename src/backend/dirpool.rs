@@ -177,6 +177,7 @@ impl DirPool {
             data_used: size.saturating_sub(free),
             metadata_size: st.files() as u64,
             metadata_used: (st.files() as u64).saturating_sub(st.files_free() as u64),
+            unallocated: None,
             read_only: st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
         })
     }

@@ -28,7 +28,59 @@ pub struct Space {
     pub data_used: u64,
     pub metadata_size: u64,
     pub metadata_used: u64,
+    /// Device space not yet allocated to any chunk (btrfs); `None` where
+    /// the notion does not exist.
+    pub unallocated: Option<u64>,
     pub read_only: bool,
+}
+
+/// Shared between a running maintenance job and whoever watches it:
+/// progress (0–1, when the kernel reports any), bytes so far, and the
+/// cancel request the backend must poll.
+#[derive(Debug, Default)]
+pub struct JobControl {
+    progress_bits: std::sync::atomic::AtomicU64,
+    progress_valid: std::sync::atomic::AtomicBool,
+    bytes: std::sync::atomic::AtomicU64,
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+impl JobControl {
+    pub fn set_progress(&self, fraction: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.progress_bits
+            .store(fraction.clamp(0.0, 1.0).to_bits(), Relaxed);
+        self.progress_valid.store(true, Relaxed);
+    }
+    pub fn progress(&self) -> Option<f64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.progress_valid
+            .load(Relaxed)
+            .then(|| f64::from_bits(self.progress_bits.load(Relaxed)))
+    }
+    pub fn set_bytes(&self, bytes: u64) {
+        self.bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Usage filters of one balance pass, in percent (btrfs `-dusage`, `-musage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceOptions {
+    /// Data chunks at most this full are rewritten, in escalating passes.
+    pub dusage: Vec<u8>,
+    /// Metadata chunks likewise.
+    pub musage: Vec<u8>,
 }
 
 /// Something found in the pool's storage, for start-up reconciliation.
@@ -87,6 +139,26 @@ pub trait Backend: Send + Sync {
     fn scan(&self) -> Result<Vec<Found>, BackendError>;
     /// Moves something unknown aside without deleting it; returns where.
     fn quarantine(&self, what: &Path) -> Result<PathBuf, BackendError>;
+    /// Discards unused blocks so the storage below (a loop file, an SSD)
+    /// gets them back; returns the bytes the kernel reports trimmed.
+    /// Default: FITRIM on the file system holding the pool's path.
+    fn trim(&self, ctl: &JobControl) -> Result<u64, BackendError> {
+        let _ = ctl;
+        Err(BackendError::NotSupported(format!(
+            "the {} driver cannot trim yet",
+            self.driver()
+        )))
+    }
+    /// Rewrites nearly empty chunks so their space returns to the
+    /// unallocated pool (btrfs); returns bytes relocated.
+    fn balance(&self, opts: &BalanceOptions, ctl: &JobControl) -> Result<u64, BackendError> {
+        let _ = (opts, ctl);
+        Err(BackendError::NotSupported(format!(
+            "balance is a btrfs operation; this pool's driver is {}",
+            self.driver()
+        )))
+    }
+
     /// The token binding this storage to a store (see engine/recovery.rs),
     /// if one was written.
     fn read_token(&self) -> Result<Option<u64>, BackendError>;

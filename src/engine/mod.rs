@@ -71,13 +71,29 @@ impl Default for Thresholds {
     }
 }
 
+/// Where a pool's storage comes from (DESIGN "Backing").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// A sparse file of `size` bytes the daemon creates and loop-attaches.
+    Loop,
+    /// A block device the admin names.
+    Device,
+    /// Something that exists already: a directory, a mounted btrfs, a thin pool.
+    Existing,
+}
+
 /// What the engine needs to know of a configured pool.
 #[derive(Debug, Clone)]
 pub struct PoolSpec {
     pub name: String,
     pub driver: Driver,
+    pub backing: Backing,
     pub path: PathBuf,
+    /// Loop backing: the sparse file's size in bytes.
+    pub size: Option<u64>,
     pub thresholds: Thresholds,
+    /// Maintenance defaults for this pool (escalating balance filters).
+    pub balance: backend::BalanceOptions,
 }
 
 /// Where the engine keeps things.
@@ -405,6 +421,7 @@ mod tests {
             data_used: 1,
             metadata_size: 100,
             metadata_used: 85,
+            unallocated: None,
             read_only: false,
         };
         let (h, why) = health_of(&s, &t);
