@@ -8,4 +8,13 @@ scripts/install-deps.sh
 cargo build --locked --all-features --all-targets
 # Each integration test builds its own bus, loop-backed file system and
 # daemon, and cleans them up on drop, so tests run in parallel.
-cargo test --locked --all-features -- --test-threads="${LAYERD_TEST_THREADS:-4}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --all-features --lib --bins --tests -- --test-threads="${LAYERD_TEST_THREADS:-4}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "layerd tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
