@@ -11,7 +11,7 @@ cargo build --locked --all-features --all-targets
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked --all-features --lib --bins --tests -- --test-threads="${LAYERD_TEST_THREADS:-4}" 2>&1 | tee "$log"
+cargo test --locked --all-features --no-fail-fast --lib --bins --tests -- --test-threads="${LAYERD_TEST_THREADS:-4}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run, summed over every test binary.

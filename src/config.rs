@@ -37,7 +37,8 @@
 //! - pool paths must not be equal or nested, nor contain `state_dir` or
 //!   `run_dir`, nor lie inside `run_dir`; `balance_*usage` lists are
 //!   non-empty and strictly ascending; `min_free_percent` < 100;
-//!   `warn_percent` < `critical_percent`.
+//!   `warn_percent` < `critical_percent`; `balance_unallocated_percent`
+//!   (btrfs only, an error elsewhere) at most 50, 0 = no automatic balance.
 //! - with no config file the daemon uses [`builtin_default`].
 //! - sizes are whole numbers with an optional binary unit: `K`, `M`, `G`, `T`,
 //!   `P`, `E` (also `KB`/`KiB`…, any case, all meaning powers of 1024).
@@ -73,6 +74,10 @@ pub const DEFAULT_AUTOEXTEND_MAX: u64 = 500 << 30;
 pub const DEFAULT_TRIM: &str = "weekly";
 /// `balance` default (btrfs pools).
 pub const DEFAULT_BALANCE: &str = "daily";
+/// `balance_unallocated_percent` default (btrfs pools).
+pub const DEFAULT_BALANCE_UNALLOCATED_PERCENT: u8 = 10;
+/// Above this, a pool would be balanced while most of it is unallocated.
+pub const MAX_BALANCE_UNALLOCATED_PERCENT: u8 = 50;
 /// The daemon's exit status for a bad config file.
 pub const EXIT_BAD_CONFIG: i32 = 2;
 
@@ -173,6 +178,10 @@ pub struct MonitorConfig {
     pub autoextend_percent: u8,
     /// Autoextension never grows the pool past this many bytes.
     pub autoextend_max: u64,
+    /// btrfs only: below this percent of the device size unallocated,
+    /// Health is at least `warning` and the daemon starts a balance by
+    /// itself; 0 turns the automatic balance off. Unused by other drivers.
+    pub balance_unallocated_percent: u8,
 }
 
 /// `[pool.maintenance]`: systemd calendar specs; `None` means `"none"`.
@@ -314,6 +323,7 @@ impl Default for MonitorConfig {
             min_free_percent: 10,
             autoextend_percent: 20,
             autoextend_max: DEFAULT_AUTOEXTEND_MAX,
+            balance_unallocated_percent: DEFAULT_BALANCE_UNALLOCATED_PERCENT,
         }
     }
 }
@@ -595,6 +605,7 @@ struct RawMonitor {
     min_free_percent: Option<Percent>,
     autoextend_percent: Option<Percent>,
     autoextend_max: Option<Size>,
+    balance_unallocated_percent: Option<Percent>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1408,6 +1419,11 @@ fn resolve_pool(i: usize, raw: RawPool, state_dir: &Path) -> Result<PoolConfig, 
             &["monitor", "autoextend_max"],
             dir_rule,
         )?;
+        only(
+            m.balance_unallocated_percent.is_some() && driver != Driver::Btrfs,
+            &["monitor", "balance_unallocated_percent"],
+            "driver = \"btrfs\"",
+        )?;
         let pct = |v: Option<Percent>, d: u8| v.map_or(d, |p| p.0);
         monitor = MonitorConfig {
             warn_percent: pct(m.warn_percent, monitor.warn_percent),
@@ -1415,6 +1431,10 @@ fn resolve_pool(i: usize, raw: RawPool, state_dir: &Path) -> Result<PoolConfig, 
             min_free_percent: pct(m.min_free_percent, monitor.min_free_percent),
             autoextend_percent: pct(m.autoextend_percent, monitor.autoextend_percent),
             autoextend_max: m.autoextend_max.map_or(monitor.autoextend_max, |s| s.0),
+            balance_unallocated_percent: pct(
+                m.balance_unallocated_percent,
+                monitor.balance_unallocated_percent,
+            ),
         };
     }
 
@@ -1629,6 +1649,15 @@ fn validate_pool(i: usize, pool: &PoolConfig) -> Result<(), Problem> {
         return Err(problem(
             &["monitor", "min_free_percent"],
             "must be below 100, or no layer could ever be created".to_string(),
+        ));
+    }
+    if m.balance_unallocated_percent > MAX_BALANCE_UNALLOCATED_PERCENT {
+        return Err(problem(
+            &["monitor", "balance_unallocated_percent"],
+            format!(
+                "must be at most {MAX_BALANCE_UNALLOCATED_PERCENT} (percent of the device left unallocated; 0 turns the automatic balance off), found {}: above that a healthy pool would be balanced at every check",
+                m.balance_unallocated_percent
+            ),
         ));
     }
 
@@ -1882,6 +1911,7 @@ mod tests {
             "min_free_percent",
             "autoextend_percent",
             "autoextend_max",
+            "balance_unallocated_percent",
             "trim",
             "balance",
             "balance_dusage",
@@ -1942,6 +1972,7 @@ mod tests {
                 min_free_percent: 10,
                 autoextend_percent: 20,
                 autoextend_max: 500 << 30,
+                balance_unallocated_percent: 10,
             }
         );
         assert_eq!(p.maintenance.trim.as_deref(), Some("weekly"));
@@ -2519,6 +2550,46 @@ mod tests {
         assert_eq!(
             c.pools[0].maintenance.balance.as_deref(),
             Some("Sun *-*-* 03:00")
+        );
+    }
+
+    #[test]
+    fn balance_unallocated_percent() {
+        let btrfs = |extra: &str| {
+            format!("[[pool]]\nname = \"main\"\ndriver = \"btrfs\"\nsize = \"1G\"\n{extra}")
+        };
+        let get = |text: &str| {
+            parse_inner(text, Path::new(ORIGIN), false).unwrap().pools[0]
+                .monitor
+                .balance_unallocated_percent
+        };
+        assert_eq!(get(&btrfs("")), 10, "default");
+        assert_eq!(
+            get(&btrfs("[pool.monitor]\nbalance_unallocated_percent = 5\n")),
+            5
+        );
+        assert_eq!(
+            get(&btrfs("[pool.monitor]\nbalance_unallocated_percent = 0\n")),
+            0,
+            "0 turns it off"
+        );
+        assert_err(
+            &btrfs("[pool.monitor]\nbalance_unallocated_percent = 60\n"),
+            6,
+            &[
+                "monitor.balance_unallocated_percent: must be at most 50",
+                "found 60",
+            ],
+        );
+        assert_err(
+            &btrfs("[pool.monitor]\nbalance_unallocated_percent = 101\n"),
+            6,
+            &["monitor.balance_unallocated_percent: expected an integer 0–100"],
+        );
+        assert_err(
+            "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\n[pool.monitor]\nbalance_unallocated_percent = 5\n",
+            5,
+            &["monitor.balance_unallocated_percent: only applies to driver = \"btrfs\""],
         );
     }
 

@@ -99,6 +99,7 @@ fn engine_config(c: &Config) -> EngineConfig {
                     warn_percent: p.monitor.warn_percent,
                     critical_percent: p.monitor.critical_percent,
                     min_free_percent: p.monitor.min_free_percent,
+                    balance_unallocated_percent: p.monitor.balance_unallocated_percent,
                 },
             })
             .collect(),

@@ -31,6 +31,7 @@ const ERR: &str = "org.layerd.Layerd1.Error.";
 const ROOT: &str = "/org/layerd/Layerd1";
 const POOL_IFACE: &str = "org.layerd.Layerd1.Pool";
 const MANAGER_IFACE: &str = "org.layerd.Layerd1.Manager";
+const JOB_IFACE: &str = "org.layerd.Layerd1.Job";
 const POOL_LABEL: &str = "layerd.io/pool";
 
 // ---------------------------------------------------------------------------
@@ -1799,7 +1800,8 @@ const XML_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dbus/org.layerd.Lay
 const XML_HEAD: &str = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
 <!-- layerd's D-Bus interfaces as the daemon serves them: the Manager at
-     /org/layerd/Layerd1, each Pool at /org/layerd/Layerd1/pools/<name>.
+     /org/layerd/Layerd1, each Pool at /org/layerd/Layerd1/pools/<name>,
+     each Job at /org/layerd/Layerd1/jobs/<n> (while it runs and a while after).
      tests/api.rs (introspection_xml_matches_daemon) checks this file against
      the running daemon; regenerate it with
      LAYERD_BLESS=1 cargo test --test api introspection -->
@@ -1899,11 +1901,14 @@ async fn introspect(conn: &zbus::Connection, path: &str) -> String {
     )
 }
 
-/// The Manager (from `/org/layerd/Layerd1`) and Pool (from the `main`
-/// pool's object) interface elements the daemon serves.
+/// The Manager (from `/org/layerd/Layerd1`), Pool (from the `main`
+/// pool's object) and Job (from a trim started on it) interface elements
+/// the daemon serves.
 async fn served_interfaces(f: &Fixture) -> Vec<(&'static str, String)> {
     let root = introspect(&f.conn, ROOT).await;
     let pool = introspect(&f.conn, &format!("{ROOT}/pools/main")).await;
+    let job_path = must(f.pool("main").await.trim().await, "Trim");
+    let job = introspect(&f.conn, job_path.as_str()).await;
     vec![
         (
             MANAGER_IFACE,
@@ -1915,6 +1920,11 @@ async fn served_interfaces(f: &Fixture) -> Vec<(&'static str, String)> {
             interface_element(&pool, POOL_IFACE).unwrap_or_else(|| {
                 panic!("the main pool does not introspect {POOL_IFACE}:\n{pool}")
             }),
+        ),
+        (
+            JOB_IFACE,
+            interface_element(&job, JOB_IFACE)
+                .unwrap_or_else(|| panic!("{job_path} does not introspect {JOB_IFACE}:\n{job}")),
         ),
     ]
 }

@@ -13,7 +13,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::backend::{BackendError, Found, Space};
+use crate::backend::{BackendError, Found, JobControl, Space};
 use crate::sys::copytree::tree_usage;
 
 const WORK: &str = "w";
@@ -104,6 +104,7 @@ impl DirPool {
     /// Layers (by id) and unknown entries, in the pool root and `w/`.
     pub fn scan(&self) -> Result<Vec<Found>, BackendError> {
         let mut found = Vec::new();
+        let mut ids = std::collections::HashSet::new();
         for (dir, reserved) in [(self.root.clone(), true), (self.root.join(WORK), false)] {
             for entry in fs::read_dir(&dir).map_err(|e| BackendError::io("readdir", &dir, e))? {
                 let entry = entry.map_err(|e| BackendError::io("readdir", &dir, e))?;
@@ -113,7 +114,7 @@ impl DirPool {
                     continue;
                 }
                 match parse_id(&name) {
-                    Some(id) if !found.contains(&Found::Layer(id)) => found.push(Found::Layer(id)),
+                    Some(id) if ids.insert(id) => found.push(Found::Layer(id)),
                     Some(_) => {}
                     None => found.push(Found::Unknown(entry.path())),
                 }
@@ -165,6 +166,22 @@ impl DirPool {
         Ok(dest)
     }
 
+    /// FITRIM on the file system holding the pool directory: its free
+    /// space (removed layers' blocks once purged included) is discarded, so
+    /// a loop-backed or thin-provisioned device below gives it back.
+    /// FITRIM cannot be interrupted, so `ctl` only receives the result.
+    pub fn trim(&self, ctl: &JobControl) -> Result<u64, BackendError> {
+        use crate::sys::trim::{fitrim, TrimError};
+        let bytes = fitrim(&self.root).map_err(|e| match e {
+            TrimError::NotSupported { .. } => BackendError::NotSupported(e.to_string()),
+            TrimError::Open { source, .. } => BackendError::io("open", &self.root, source),
+            TrimError::Ioctl { source, .. } => BackendError::io("FITRIM", &self.root, source),
+        })?;
+        ctl.set_bytes(bytes);
+        ctl.set_progress(1.0);
+        Ok(bytes)
+    }
+
     /// statvfs of the pool directory.
     pub fn space(&self) -> Result<Space, BackendError> {
         let st = nix::sys::statvfs::statvfs(&self.root)
@@ -178,6 +195,7 @@ impl DirPool {
             metadata_size: st.files() as u64,
             metadata_used: (st.files() as u64).saturating_sub(st.files_free() as u64),
             unallocated: None,
+            device_size: None,
             read_only: st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
         })
     }

@@ -11,6 +11,7 @@
 //! - `remove` is cheap (e.g. a rename into the pool's trash); `purge` frees
 //!   the space later and says how much.
 
+pub mod btrfs;
 pub mod dirpool;
 pub mod overlay;
 pub mod vfs;
@@ -31,6 +32,9 @@ pub struct Space {
     /// Device space not yet allocated to any chunk (btrfs); `None` where
     /// the notion does not exist.
     pub unallocated: Option<u64>,
+    /// Raw size of the devices `unallocated` is part of (btrfs); `None`
+    /// where `unallocated` is.
+    pub device_size: Option<u64>,
     pub read_only: bool,
 }
 

@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::backend::dirpool::{remove_all_if_exists, DirPool};
-use crate::backend::{Backend, BackendError, Found, LayerRef, Space};
+use crate::backend::{Backend, BackendError, Found, JobControl, LayerRef, Space};
 use crate::engine::types::Kind;
 use crate::sys::copytree::tree_usage;
 use crate::sys::mount::{self, max_mount_data, MountSpec};
@@ -188,5 +188,10 @@ impl Backend for Overlay {
 
     fn max_depth(&self) -> Option<usize> {
         Some(MAX_LOWERS)
+    }
+
+    /// FITRIM on the file system holding the pool directory.
+    fn trim(&self, ctl: &JobControl) -> Result<u64, BackendError> {
+        self.dirs.trim(ctl)
     }
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::backend::dirpool::DirPool;
-use crate::backend::{Backend, BackendError, Found, LayerRef, Space};
+use crate::backend::{Backend, BackendError, Found, JobControl, LayerRef, Space};
 use crate::engine::types::Kind;
 use crate::sys::copytree::{copy_tree, tree_usage};
 use crate::sys::mount::{self, MountSpec};
@@ -110,6 +110,11 @@ impl Backend for Vfs {
 
     fn write_token(&self, token: u64) -> Result<(), BackendError> {
         self.dirs.write_token(token)
+    }
+
+    /// FITRIM on the file system holding the pool directory.
+    fn trim(&self, ctl: &JobControl) -> Result<u64, BackendError> {
+        self.dirs.trim(ctl)
     }
 }
 

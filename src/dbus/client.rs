@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use zbus::proxy;
-use zbus::zvariant::OwnedObjectPath;
+use zbus::zvariant::{OwnedObjectPath, Value};
 
 /// A mount spec as `mount(8)` takes it: (type, source, options).
 pub type MountSpec = (String, String, Vec<String>);
@@ -22,6 +22,10 @@ pub type WalkEntry = (
 
 /// `Stat`/`Update` reply: name, parent, kind, labels, created µs, updated µs.
 pub type StatReply = (String, String, String, HashMap<String, String>, u64, u64);
+
+/// A pool's `LastTrim`/`LastBalance`: (end time µs, bytes, outcome "ok",
+/// "failed: …", "cancelled"; "" = never).
+pub type LastRun = (u64, u64, String);
 
 #[proxy(
     interface = "org.layerd.Layerd1.Manager",
@@ -81,6 +85,8 @@ pub trait Pool {
     #[zbus(property)]
     fn health(&self) -> zbus::Result<String>;
     #[zbus(property)]
+    fn health_reason(&self) -> zbus::Result<String>;
+    #[zbus(property)]
     fn data_size(&self) -> zbus::Result<u64>;
     #[zbus(property)]
     fn data_used(&self) -> zbus::Result<u64>;
@@ -90,6 +96,19 @@ pub trait Pool {
     fn metadata_used(&self) -> zbus::Result<u64>;
     #[zbus(property)]
     fn layer_count(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn unallocated(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn last_trim(&self) -> zbus::Result<LastRun>;
+    #[zbus(property)]
+    fn last_balance(&self) -> zbus::Result<LastRun>;
+
+    /// Returns the Job object's path.
+    fn trim(&self) -> zbus::Result<OwnedObjectPath>;
+    /// Options: "dusage", "musage" → a percentage or an array of them.
+    fn balance(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// Bytes to add.
+    fn extend(&self, bytes: u64) -> zbus::Result<OwnedObjectPath>;
 
     #[zbus(signal)]
     fn usage_alert(
@@ -98,4 +117,36 @@ pub trait Pool {
         data_percent: f64,
         metadata_percent: f64,
     ) -> zbus::Result<()>;
+}
+
+/// `org.layerd.Layerd1.Job` at `/org/layerd/Layerd1/jobs/<n>`; build it with
+/// `.path(job_path)`.
+#[proxy(
+    interface = "org.layerd.Layerd1.Job",
+    default_service = "org.layerd.Layerd1"
+)]
+pub trait Job {
+    fn cancel(&self) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn operation(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn pool(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn progress(&self) -> zbus::Result<f64>;
+    #[zbus(property)]
+    fn progress_valid(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn bytes(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn start_time(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn end_time(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn cancelable(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn outcome(&self) -> zbus::Result<String>;
+
+    #[zbus(signal)]
+    fn completed(&self, success: bool, message: String) -> zbus::Result<()>;
 }

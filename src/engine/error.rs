@@ -58,6 +58,16 @@ pub enum Error {
     },
     #[error("{0}")]
     NotSupported(String),
+    #[error("pool {pool:?} is busy: {why}")]
+    PoolBusy { pool: String, why: String },
+    #[error("job {0} does not exist (finished jobs are kept for a while, then forgotten)")]
+    JobNotFound(u64),
+    #[error("job {id} ({operation}) has already finished: {outcome}")]
+    JobFinished {
+        id: u64,
+        operation: &'static str,
+        outcome: String,
+    },
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -68,14 +78,17 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         use Error::*;
         match self {
-            NotFound(_) | ParentNotFound(_) | PoolNotFound(_) => ErrorKind::NotFound,
+            NotFound(_) | ParentNotFound(_) | PoolNotFound(_) | JobNotFound(_) => {
+                ErrorKind::NotFound
+            }
             AlreadyExists(_) => ErrorKind::AlreadyExists,
             ParentNotCommitted { .. }
             | NotActive { .. }
             | IsCommitted { .. }
             | HasChildren { .. }
-            | NotMounted { .. } => ErrorKind::FailedPrecondition,
-            Busy { .. } => ErrorKind::Busy,
+            | NotMounted { .. }
+            | JobFinished { .. } => ErrorKind::FailedPrecondition,
+            Busy { .. } | PoolBusy { .. } => ErrorKind::Busy,
             InvalidArgument(_) => ErrorKind::InvalidArgument,
             PoolFull { .. } => ErrorKind::PoolFull,
             PoolUnavailable { .. } => ErrorKind::FailedPrecondition,

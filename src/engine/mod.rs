@@ -9,9 +9,11 @@
 //! set `Ready` after; start-up reconciliation finishes or undoes whatever it
 //! finds half done.
 
+pub mod autobalance;
 pub mod error;
 pub mod fault;
 pub mod filters;
+pub mod jobs;
 mod layers;
 mod mounts;
 mod recovery;
@@ -22,7 +24,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::broadcast;
 
@@ -53,12 +55,17 @@ impl Driver {
     }
 }
 
-/// Health thresholds, in percent of data (and metadata) space.
+/// Health thresholds, in percent of data (and metadata) space, plus the
+/// unallocated-space threshold of btrfs pools.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
     pub warn_percent: u8,
     pub critical_percent: u8,
     pub min_free_percent: u8,
+    /// btrfs: below this percent of the device unallocated, Health is at
+    /// least `warning` and the engine starts a balance by itself (see
+    /// autobalance.rs); 0 turns that off.
+    pub balance_unallocated_percent: u8,
 }
 
 impl Default for Thresholds {
@@ -67,6 +74,7 @@ impl Default for Thresholds {
             warn_percent: 80,
             critical_percent: 90,
             min_free_percent: 10,
+            balance_unallocated_percent: 10,
         }
     }
 }
@@ -110,6 +118,10 @@ pub(crate) struct Pool {
     backend: std::result::Result<Box<dyn Backend>, String>,
     status: Mutex<PoolStatus>,
     layer_count: AtomicU64,
+    /// Automatic balance bookkeeping (btrfs). Lock order: `auto`, then
+    /// `status` (a job is started while `auto` is held; `sample` reads
+    /// `auto` before it locks `status`).
+    auto: Mutex<autobalance::State>,
 }
 
 impl Pool {
@@ -143,6 +155,11 @@ pub struct Engine {
     events: broadcast::Sender<Event>,
     /// Serializes daemon mounts against Commit/Remove of the same layers.
     mount_lock: Mutex<()>,
+    /// Maintenance jobs, running and recently finished (jobs.rs).
+    jobs: jobs::Jobs,
+    /// Set by [`Engine::watch`]: the engine's own handle, with which
+    /// sampling starts automatic jobs. Unset, nothing starts by itself.
+    me: OnceLock<Weak<Engine>>,
 }
 
 impl Engine {
@@ -158,7 +175,7 @@ impl Engine {
         let store = Store::open(&cfg.state_dir.join("layerd.redb"))?;
         let mut pools = BTreeMap::new();
         for spec in cfg.pools {
-            let backend = open_backend(&spec).map_err(|e| e.to_string());
+            let backend = open_backend(&spec, &cfg.state_dir).map_err(|e| e.to_string());
             if let Err(reason) = &backend {
                 tracing::error!(pool = %spec.name, driver = spec.driver.as_str(), %reason, "pool cannot be opened; it is marked failed");
             }
@@ -173,6 +190,7 @@ impl Engine {
                 data_used: 0,
                 metadata_size: 0,
                 metadata_used: 0,
+                unallocated: None,
                 layer_count: 0,
             };
             pools.insert(
@@ -182,6 +200,7 @@ impl Engine {
                     backend,
                     status: Mutex::new(status),
                     layer_count: AtomicU64::new(0),
+                    auto: Mutex::new(autobalance::State::default()),
                 },
             );
         }
@@ -193,11 +212,21 @@ impl Engine {
             run_dir: cfg.run_dir,
             events,
             mount_lock: Mutex::new(()),
+            jobs: jobs::Jobs::default(),
+            me: OnceLock::new(),
         };
         let report = engine.reconcile()?;
         engine.count_layers()?;
         engine.sample_all();
         Ok((engine, report))
+    }
+
+    /// From now on, sampling may start maintenance by itself (the
+    /// automatic balance of btrfs pools, autobalance.rs). The monitor calls
+    /// this when it starts watching; an engine never watched (tools,
+    /// benches) never starts jobs on its own.
+    pub fn watch(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -240,6 +269,10 @@ impl Engine {
     fn sample(&self, name: &str, announce: bool) -> Option<PoolStatus> {
         let p = self.pools.get(name)?;
         let backend = p.backend.as_ref().ok()?;
+        // Read before `status` is locked: `auto` is held while a job is
+        // started, which locks `status` (lock order auto → status).
+        let note = lock(&p.auto).note();
+        let mut space_read = None;
         let (new, old) = {
             let mut st = lock(&p.status);
             let old = st.clone();
@@ -249,9 +282,17 @@ impl Engine {
                     st.data_used = space.data_used;
                     st.metadata_size = space.metadata_size;
                     st.metadata_used = space.metadata_used;
-                    let (h, reason) = health_of(&space, &p.spec.thresholds);
+                    st.unallocated = space.unallocated;
+                    let (h, mut reason) = health_of(&space, &p.spec.thresholds);
+                    if let (Some(n), true) = (&note, space.unallocated.is_some()) {
+                        if !reason.is_empty() {
+                            reason.push_str("; ");
+                        }
+                        reason.push_str(n);
+                    }
                     st.health = h;
                     st.reason = reason;
+                    space_read = Some(space);
                 }
                 Err(e) => {
                     st.health = Health::Failed;
@@ -283,7 +324,97 @@ impl Engine {
         {
             let _ = self.events.send(Event::PoolChanged(name.to_string()));
         }
+        if let Some(space) = space_read {
+            if self.auto_balance(name, p, &space) {
+                // Once more, so HealthReason names the running job.
+                return self.sample(name, announce);
+            }
+        }
         Some(new)
+    }
+
+    /// Starts an automatic balance when the pool's unallocated space is
+    /// below its threshold and the rules of autobalance.rs allow; true if
+    /// one was started.
+    fn auto_balance(&self, name: &str, p: &Pool, space: &backend::Space) -> bool {
+        let (Some(unallocated), Some(device)) = (space.unallocated, space.device_size) else {
+            return false;
+        };
+        if p.spec.driver != Driver::Btrfs || space.read_only {
+            return false;
+        }
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return false;
+        };
+        let percent = p.spec.thresholds.balance_unallocated_percent;
+        let mut auto = lock(&p.auto);
+        let now = std::time::Instant::now();
+        if !auto.due(now, unallocated, device, percent) {
+            return false;
+        }
+        if self.jobs.busy(name) {
+            // A trim or balance runs; look again at the next sample.
+            return false;
+        }
+        match me.start_job(
+            name,
+            jobs::JobKind::Balance(jobs::BalanceRequest::default()),
+        ) {
+            Ok(id) => {
+                tracing::warn!(
+                    pool = name,
+                    job = id,
+                    unallocated,
+                    device_size = device,
+                    threshold_percent = percent,
+                    "unallocated space below the threshold: automatic balance started"
+                );
+                auto.running = Some(id);
+                auto.last_start = Some((now, unallocated));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(pool = name, error = %e, "cannot start the automatic balance");
+                // Counts as an attempt: the cool-down keeps it from
+                // retrying at every sample.
+                auto.last_start = Some((now, unallocated));
+                false
+            }
+        }
+    }
+
+    /// A job ended: if it was the pool's automatic balance, decide whether
+    /// to give up (it gained nothing, failed or was cancelled).
+    fn auto_balance_done(&self, pool: &str, id: jobs::JobId, outcome: &jobs::Outcome, bytes: u64) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        let mut auto = lock(&p.auto);
+        if auto.running != Some(id) {
+            return;
+        }
+        auto.running = None;
+        let why = match outcome {
+            jobs::Outcome::Ok if bytes > 0 => {
+                tracing::info!(pool, job = id, gained = bytes, "automatic balance done");
+                return;
+            }
+            jobs::Outcome::Ok => format!(
+                "balance job {id} gained nothing (the chunks are full: remove layers or grow the pool)"
+            ),
+            jobs::Outcome::Cancelled => format!("balance job {id} was cancelled"),
+            jobs::Outcome::Failed(e) => format!("balance job {id} failed: {e}"),
+        };
+        let unallocated = p
+            .backend
+            .as_ref()
+            .ok()
+            .and_then(|b| b.space().ok())
+            .and_then(|s| s.unallocated)
+            .or_else(|| lock(&p.status).unallocated)
+            .unwrap_or(0);
+        tracing::warn!(pool, job = id, unallocated, reason = %why, "automatic balance gives up until unallocated space drops further or recovers");
+        auto.gave_up = Some((why, unallocated));
     }
 
     fn count_layers(&self) -> Result<()> {
@@ -311,8 +442,23 @@ impl Engine {
 }
 
 /// Health from space and thresholds: read-only first, then full (less free
-/// space than new layers need), critical, warning.
+/// space than new layers need), critical, warning; for btrfs the worse of
+/// that and the unallocated-space level (autobalance.rs), both reasons
+/// when they tie.
 pub fn health_of(space: &backend::Space, t: &Thresholds) -> (Health, String) {
+    let (h, why) = usage_health(space, t);
+    let un = match (space.unallocated, space.device_size) {
+        (Some(u), Some(d)) => autobalance::unallocated_health(u, d, t.balance_unallocated_percent),
+        _ => None,
+    };
+    match un {
+        Some((uh, uwhy)) if uh > h => (uh, uwhy),
+        Some((uh, uwhy)) if uh == h => (h, format!("{why}; {uwhy}")),
+        _ => (h, why),
+    }
+}
+
+fn usage_health(space: &backend::Space, t: &Thresholds) -> (Health, String) {
     let used = types::percent(space.data_used, space.data_size);
     let meta = types::percent(space.metadata_used, space.metadata_size);
     let worst = used.max(meta);
@@ -345,12 +491,42 @@ pub fn health_of(space: &backend::Space, t: &Thresholds) -> (Health, String) {
     }
 }
 
-fn open_backend(spec: &PoolSpec) -> std::result::Result<Box<dyn Backend>, backend::BackendError> {
+/// Opens a pool's storage. `state_dir` is where a `device`-backed pool
+/// gets its mount point (`<state_dir>/<name>`).
+fn open_backend(
+    spec: &PoolSpec,
+    state_dir: &Path,
+) -> std::result::Result<Box<dyn Backend>, backend::BackendError> {
     match spec.driver {
         Driver::Overlay => Ok(Box::new(backend::overlay::Overlay::open(&spec.path)?)),
         Driver::Vfs => Ok(Box::new(backend::vfs::Vfs::open(&spec.path)?)),
+        Driver::Btrfs => {
+            use backend::btrfs::{Btrfs, Setup};
+            let label = format!("layerd-{}", spec.name);
+            let setup = match spec.backing {
+                Backing::Loop => Setup::Loop {
+                    mount: spec.path.clone(),
+                    size: spec.size.ok_or_else(|| {
+                        backend::BackendError::NotSupported(format!(
+                            "pool {:?}: a loop backing needs a size",
+                            spec.name
+                        ))
+                    })?,
+                    label,
+                },
+                Backing::Device => Setup::Device {
+                    device: spec.path.clone(),
+                    mount: state_dir.join(&spec.name),
+                    label,
+                },
+                Backing::Existing => Setup::Existing {
+                    path: spec.path.clone(),
+                },
+            };
+            Ok(Box::new(Btrfs::open(&setup)?))
+        }
         d => Err(backend::BackendError::NotSupported(format!(
-            "driver {:?} is not in this build yet (available: overlay, vfs)",
+            "driver {:?} is not in this build yet (available: overlay, vfs, btrfs)",
             d.as_str()
         ))),
     }
@@ -401,6 +577,7 @@ mod tests {
             warn_percent: 80,
             critical_percent: 90,
             min_free_percent: 5,
+            balance_unallocated_percent: 10,
         };
         assert_eq!(health_of(&space(10, 100), &t).0, Health::Ok);
         assert_eq!(health_of(&space(80, 100), &t).0, Health::Warning);
@@ -422,10 +599,56 @@ mod tests {
             metadata_size: 100,
             metadata_used: 85,
             unallocated: None,
+            device_size: None,
             read_only: false,
         };
         let (h, why) = health_of(&s, &t);
         assert_eq!(h, Health::Warning);
         assert!(why.starts_with("metadata"), "{why}");
+    }
+
+    #[test]
+    fn unallocated_space_counts_for_btrfs() {
+        const MIB: u64 = 1 << 20;
+        let t = Thresholds::default();
+        let s = |unallocated| backend::Space {
+            data_size: 1024 * MIB,
+            data_used: 100 * MIB,
+            metadata_size: 200 * MIB,
+            metadata_used: 10 * MIB,
+            unallocated: Some(unallocated),
+            device_size: Some(2048 * MIB),
+            read_only: false,
+        };
+        assert_eq!(health_of(&s(1024 * MIB), &t).0, Health::Ok);
+        let (h, why) = health_of(&s(150 * MIB), &t);
+        assert_eq!(h, Health::Warning);
+        assert!(
+            why.contains("unallocated") && why.contains("150.0 MiB"),
+            "{why}"
+        );
+        let (h, why) = health_of(&s(0), &t);
+        assert_eq!(h, Health::Critical);
+        assert!(why.contains("ENOSPC"), "{why}");
+        // A worse usage level wins; a tie names both.
+        let full = backend::Space {
+            data_used: 1020 * MIB,
+            ..s(0)
+        };
+        assert_eq!(health_of(&full, &t).0, Health::Full);
+        let both = backend::Space {
+            data_used: 930 * MIB,
+            ..s(0)
+        };
+        let t5 = Thresholds {
+            min_free_percent: 5,
+            ..t
+        };
+        let (h, why) = health_of(&both, &t5);
+        assert_eq!(h, Health::Critical);
+        assert!(
+            why.starts_with("data") && why.contains("unallocated"),
+            "{why}"
+        );
     }
 }

@@ -129,8 +129,15 @@ impl Engine {
 
     pub(super) fn unmount_dir(&self, id: u64) -> Result<()> {
         let target = self.mount_dir(id);
-        if is_mounted(&target) {
-            mount::unmount(&target, false).map_err(BackendError::from)?;
+        // EINVAL: not a mount point (already gone); cheaper than reading
+        // mountinfo first.
+        match mount::unmount(&target, false) {
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(nix::errno::Errno::EINVAL) | Some(nix::errno::Errno::ENOENT)
+                ) => {}
+            r => r.map_err(BackendError::from)?,
         }
         match std::fs::remove_dir(&target) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -1,6 +1,7 @@
 //! The metadata store: layer records, the key name space, parent→children
-//! index, tombstones of removed layers and the daemon's mount references,
-//! in one redb file (`<state_dir>/layerd.redb`).
+//! index, tombstones of removed layers, the daemon's mount references and
+//! the last maintenance run per pool and kind, in one redb file
+//! (`<state_dir>/layerd.redb`).
 //!
 //! redb gives ACID transactions with copy-on-write B-trees and a checksummed
 //! commit, so a crash leaves either the old or the new state. Durability is
@@ -28,6 +29,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// pool name → token also written into the pool's storage, proving the
 /// storage and this store belong together.
 const POOL_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("pool_tokens");
+
+/// (pool name, operation) → the last maintenance run of that kind on that
+/// pool ([`LastRun`] as JSON), so LastTrim/LastBalance survive restarts.
+const LAST_RUNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("last_runs");
 
 const NEXT_ID: &str = "next_id";
 const SCHEMA: &str = "schema";
@@ -73,6 +78,16 @@ pub struct MountRef {
     pub pinned: bool,
 }
 
+/// The last maintenance run of one kind on one pool: when it ended (µs
+/// since the epoch), the bytes it reported, and its outcome (`ok`,
+/// `failed: <why>`, `cancelled`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRun {
+    pub time: u64,
+    pub bytes: u64,
+    pub outcome: String,
+}
+
 impl MountRef {
     pub fn held(&self) -> bool {
         self.refs > 0 || self.pinned
@@ -94,6 +109,7 @@ impl Store {
             tx.open_table(TOMBSTONES)?;
             tx.open_table(MOUNTS)?;
             tx.open_table(POOL_TOKENS)?;
+            tx.open_table(LAST_RUNS)?;
             let mut meta = tx.open_table(META)?;
             let schema = meta.get(SCHEMA)?.map(|v| v.value());
             match schema {
@@ -229,6 +245,13 @@ macro_rules! reads {
             Ok(v)
         }
 
+        /// The last `operation` run on `pool`, if any was recorded.
+        pub fn last_run(&self, pool: &str, operation: &str) -> Result<Option<LastRun>> {
+            let t = self.tx.open_table(LAST_RUNS)?;
+            let v = t.get((pool, operation))?;
+            Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
+        }
+
         /// The id the next layer will get; ids below it were handed out by
         /// a transaction that reached the disk.
         pub fn next_id(&self) -> Result<u64> {
@@ -313,6 +336,13 @@ impl WriteTx {
     pub fn set_pool_token(&self, pool: &str, token: u64) -> Result<()> {
         let mut t = self.tx.open_table(POOL_TOKENS)?;
         t.insert(pool, token)?;
+        Ok(())
+    }
+
+    pub fn set_last_run(&self, pool: &str, operation: &str, run: &LastRun) -> Result<()> {
+        let mut t = self.tx.open_table(LAST_RUNS)?;
+        let bytes = serde_json::to_vec(run).unwrap_or_default();
+        t.insert((pool, operation), bytes.as_slice())?;
         Ok(())
     }
 

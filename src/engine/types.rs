@@ -111,6 +111,9 @@ pub struct PoolStatus {
     pub data_used: u64,
     pub metadata_size: u64,
     pub metadata_used: u64,
+    /// Device space not allocated to any chunk (btrfs); `None` where the
+    /// notion does not exist.
+    pub unallocated: Option<u64>,
     pub layer_count: u64,
 }
 
@@ -143,6 +146,21 @@ pub enum Event {
         data_percent: f64,
         metadata_percent: f64,
     },
+    /// A maintenance job was admitted and its thread started.
+    JobStarted { id: u64, pool: String },
+    /// A job ended (once per job); its outcome is recorded by then, and for
+    /// trim and balance the pool's last-run record too.
+    JobCompleted {
+        id: u64,
+        pool: String,
+        /// `trim`, `balance`, `extend`.
+        operation: &'static str,
+        success: bool,
+        message: String,
+    },
+    /// A finished job was forgotten (see engine/jobs.rs for how long
+    /// finished jobs are kept); its object goes away.
+    JobRemoved(u64),
 }
 
 /// Current time in µs since the epoch.

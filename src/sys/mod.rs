@@ -2,6 +2,9 @@
 //! (classic and the new mount API), /proc/self/mountinfo, tree copies.
 //! Nothing here knows about layers, keys or pools.
 
+pub mod btrfs;
 pub mod copytree;
+pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;
+pub mod trim;

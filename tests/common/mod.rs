@@ -418,7 +418,7 @@ pub enum FsKind {
     Xfs,
     /// ext4: no reflink, so the vfs driver makes plain copies.
     Ext4,
-    /// btrfs (for the btrfs driver, later).
+    /// btrfs: the btrfs driver's `existing` backing.
     Btrfs,
 }
 
@@ -516,18 +516,26 @@ pub enum Backend {
     VfsXfs,
     /// vfs driver on ext4 (plain copies).
     VfsExt4,
-    // Btrfs,   // driver "btrfs", FsKind::Btrfs, pool path = the mounted fs
+    /// btrfs driver, `backing = "existing"` on a loop-backed btrfs mounted
+    /// by the harness (pool path = the mounted fs).
+    Btrfs,
     // Thin,    // driver "thin": kernel tier only (no device-mapper on the host)
 }
 
 impl Backend {
-    pub const ALL: &'static [Backend] = &[Backend::OverlayXfs, Backend::VfsXfs, Backend::VfsExt4];
+    pub const ALL: &'static [Backend] = &[
+        Backend::OverlayXfs,
+        Backend::VfsXfs,
+        Backend::VfsExt4,
+        Backend::Btrfs,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Backend::OverlayXfs => "overlay_xfs",
             Backend::VfsXfs => "vfs_xfs",
             Backend::VfsExt4 => "vfs_ext4",
+            Backend::Btrfs => "btrfs",
         }
     }
     /// The `driver` key of the pool.
@@ -535,16 +543,29 @@ impl Backend {
         match self {
             Backend::OverlayXfs => "overlay",
             Backend::VfsXfs | Backend::VfsExt4 => "vfs",
+            Backend::Btrfs => "btrfs",
         }
     }
     pub fn fs_kind(self) -> FsKind {
         match self {
             Backend::OverlayXfs | Backend::VfsXfs => FsKind::Xfs,
             Backend::VfsExt4 => FsKind::Ext4,
+            Backend::Btrfs => FsKind::Btrfs,
         }
     }
     pub fn is_overlay(self) -> bool {
         self.driver() == "overlay"
+    }
+    pub fn is_btrfs(self) -> bool {
+        self.driver() == "btrfs"
+    }
+    /// More `key = value` lines of the pool config: btrfs uses the file
+    /// system the harness mounted (`backing = "existing"`).
+    pub fn pool_extra(self) -> Vec<(String, String)> {
+        match self {
+            Backend::Btrfs => vec![("backing".into(), toml_str("existing"))],
+            _ => vec![],
+        }
     }
 
     /// Why this host cannot run the backend, if it cannot.
@@ -1259,7 +1280,7 @@ impl Fixture {
                 name: "main".into(),
                 driver: backend.driver().into(),
                 path: pool_path,
-                extra: vec![],
+                extra: backend.pool_extra(),
             }],
         };
         let mut daemon = Daemon::new(config, &path, &bus.address);
@@ -1620,6 +1641,32 @@ impl Fixture {
         let (ty, source, opts) = &specs[0];
         let has = |o: &str| opts.iter().any(|x| x == o);
         let view = kind == "view";
+        if self.backend.is_btrfs() {
+            // (btrfs, device, [subvolid=N, ro|rw]) at any depth.
+            assert_eq!(ty, "btrfs", "{ctx}: type");
+            let md = fs::metadata(source).unwrap_or_else(|e| panic!("{ctx}: source {source}: {e}"));
+            assert!(
+                std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type()),
+                "{ctx}: source {source} is not a block device"
+            );
+            let ids: Vec<u64> = opts
+                .iter()
+                .filter_map(|o| o.strip_prefix("subvolid=")?.parse().ok())
+                .collect();
+            assert!(
+                ids.len() == 1 && ids[0] > 5,
+                "{ctx}: one subvolid=N of a subvolume"
+            );
+            if view {
+                assert!(has("ro") && !has("rw"), "{ctx}: a view must be read-only");
+            } else {
+                assert!(
+                    has("rw") && !has("ro"),
+                    "{ctx}: an active layer must be writable"
+                );
+            }
+            return;
+        }
         let bind = !self.backend.is_overlay() || depth == 0 || (view && depth == 1);
         if bind {
             assert!(

@@ -58,6 +58,7 @@ suite! {
         OverlayXfs => overlay_xfs,
         VfsXfs => vfs_xfs,
         VfsExt4 => vfs_ext4,
+        Btrfs => btrfs,
     }
     scenarios [
         // containerd's SnapshotterSuite, in its order
