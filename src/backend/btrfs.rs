@@ -805,8 +805,7 @@ impl Backend for Btrfs {
             ));
         }
         // FITRIM is one uninterruptible call: no progress until it returns.
-        let trimmed =
-            sys::fitrim(&self.root, 0).map_err(|e| BackendError::io("FITRIM", &self.root, e))?;
+        let trimmed = crate::sys::trim::fitrim(&self.root)?;
         ctl.set_bytes(trimmed);
         ctl.set_progress(1.0);
         tracing::info!(pool = %self.root.display(), trimmed, "trim done");
@@ -868,26 +867,11 @@ impl Backend for Btrfs {
     }
 
     fn read_token(&self) -> Result<Option<u64>, BackendError> {
-        let path = self.root.join(TOKEN);
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(s.trim().parse().ok()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BackendError::io("read", &path, e)),
-        }
+        crate::backend::dirpool::read_token(&self.root)
     }
 
     fn write_token(&self, token: u64) -> Result<(), BackendError> {
-        use std::io::Write;
-        let path = self.root.join(TOKEN);
-        let tmp = self.trash().join(TOKEN);
-        let mut f = fs::File::create(&tmp).map_err(|e| BackendError::io("create", &tmp, e))?;
-        writeln!(f, "{token}").map_err(|e| BackendError::io("write", &tmp, e))?;
-        f.sync_all()
-            .map_err(|e| BackendError::io("fsync", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| BackendError::io("rename", &tmp, e))?;
-        fs::File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| BackendError::io("fsync", &self.root, e))
+        crate::backend::dirpool::write_token(&self.root, &self.trash(), token)
     }
 }
 

@@ -124,27 +124,11 @@ impl DirPool {
     }
 
     pub fn read_token(&self) -> Result<Option<u64>, BackendError> {
-        let path = self.root.join(TOKEN);
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(s.trim().parse().ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BackendError::io("read", &path, e)),
-        }
+        read_token(&self.root)
     }
 
-    /// Writes the token file and syncs it and the directory.
     pub fn write_token(&self, token: u64) -> Result<(), BackendError> {
-        use std::io::Write;
-        let path = self.root.join(TOKEN);
-        let tmp = self.root.join(TRASH).join(TOKEN);
-        let mut f = fs::File::create(&tmp).map_err(|e| BackendError::io("create", &tmp, e))?;
-        writeln!(f, "{token}").map_err(|e| BackendError::io("write", &tmp, e))?;
-        f.sync_all()
-            .map_err(|e| BackendError::io("fsync", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| BackendError::io("rename", &tmp, e))?;
-        fs::File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| BackendError::io("fsync", &self.root, e))
+        write_token(&self.root, &self.root.join(TRASH), token)
     }
 
     /// Renames `what` into `q/` with a time suffix, so nothing is overwritten.
@@ -171,12 +155,7 @@ impl DirPool {
     /// a loop-backed or thin-provisioned device below gives it back.
     /// FITRIM cannot be interrupted, so `ctl` only receives the result.
     pub fn trim(&self, ctl: &JobControl) -> Result<u64, BackendError> {
-        use crate::sys::trim::{fitrim, TrimError};
-        let bytes = fitrim(&self.root).map_err(|e| match e {
-            TrimError::NotSupported { .. } => BackendError::NotSupported(e.to_string()),
-            TrimError::Open { source, .. } => BackendError::io("open", &self.root, source),
-            TrimError::Ioctl { source, .. } => BackendError::io("FITRIM", &self.root, source),
-        })?;
+        let bytes = crate::sys::trim::fitrim(&self.root)?;
         ctl.set_bytes(bytes);
         ctl.set_progress(1.0);
         Ok(bytes)
@@ -199,6 +178,32 @@ impl DirPool {
             read_only: st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
         })
     }
+}
+
+/// The token in `<root>/.layerd-pool`, if one was written.
+pub fn read_token(root: &Path) -> Result<Option<u64>, BackendError> {
+    let path = root.join(TOKEN);
+    match fs::read_to_string(&path) {
+        Ok(s) => Ok(s.trim().parse().ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BackendError::io("read", &path, e)),
+    }
+}
+
+/// Writes `<root>/.layerd-pool` atomically (through `scratch`, a directory
+/// on the same file system) and syncs the file and `root`.
+pub fn write_token(root: &Path, scratch: &Path, token: u64) -> Result<(), BackendError> {
+    use std::io::Write;
+    let path = root.join(TOKEN);
+    let tmp = scratch.join(TOKEN);
+    let mut f = fs::File::create(&tmp).map_err(|e| BackendError::io("create", &tmp, e))?;
+    writeln!(f, "{token}").map_err(|e| BackendError::io("write", &tmp, e))?;
+    f.sync_all()
+        .map_err(|e| BackendError::io("fsync", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| BackendError::io("rename", &tmp, e))?;
+    fs::File::open(root)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| BackendError::io("fsync", root, e))
 }
 
 /// Ids are written by layerd as plain decimal; anything else is not ours.

@@ -194,6 +194,25 @@ pub enum BackendError {
     Unusable { path: PathBuf, why: String },
 }
 
+impl From<crate::sys::trim::TrimError> for BackendError {
+    fn from(e: crate::sys::trim::TrimError) -> Self {
+        use crate::sys::trim::TrimError;
+        match e {
+            TrimError::NotSupported { .. } => BackendError::NotSupported(e.to_string()),
+            TrimError::Open { path, source } => BackendError::Io {
+                op: "open",
+                path: path.into(),
+                source,
+            },
+            TrimError::Ioctl { path, source } => BackendError::Io {
+                op: "FITRIM",
+                path: path.into(),
+                source,
+            },
+        }
+    }
+}
+
 impl BackendError {
     pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
         BackendError::Io {

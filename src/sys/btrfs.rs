@@ -1,5 +1,5 @@
 //! btrfs ioctls: subvolumes and snapshots, the read-only flag, space and
-//! device information, balance, FITRIM, and a tree search that measures
+//! device information, balance, and a tree search that measures
 //! what a subvolume wrote since it was snapshotted. No `btrfs` process.
 //!
 //! Structures are `#[repr(C)]` copies of `linux/btrfs.h` (sizes asserted at
@@ -44,9 +44,9 @@
 //!   exclusive operation (device add/remove/replace, resize) runs, the
 //!   kernel returns the positive `BTRFS_ERROR_DEV_EXCL_RUN_IN_PROGRESS`
 //!   instead of -1; [`balance_start`] turns that into `EBUSY`.
-//! * `FITRIM` on btrfs trims free space inside allocated chunks and the
-//!   unallocated space of every device; `range.len` comes back as the bytes
-//!   trimmed. It cannot be interrupted.
+//! * FITRIM (in `crate::sys::trim`) on btrfs trims free space inside
+//!   allocated chunks and the unallocated space of every device; it cannot
+//!   be interrupted.
 //! * `BTRFS_IOC_TREE_SEARCH_V2` (root only) reads any tree; a
 //!   `min_transid` skips every tree block not written since that
 //!   transaction, which makes [`changed_since`] cost what changed, not
@@ -293,14 +293,6 @@ struct SearchArgsV2 {
 /// `struct btrfs_ioctl_search_header`, as laid out in the result buffer.
 const SEARCH_HEADER_LEN: usize = 32;
 
-/// `struct fstrim_range` (linux/fs.h).
-#[repr(C)]
-struct FstrimRange {
-    start: u64,
-    len: u64,
-    minlen: u64,
-}
-
 const _: () = {
     use std::mem::size_of;
     assert!(size_of::<VolArgs>() == 4096);
@@ -315,7 +307,6 @@ const _: () = {
     assert!(size_of::<GetSubvolInfoArgs>() == 504);
     assert!(size_of::<SearchKey>() == 104);
     assert!(size_of::<SearchArgsV2>() == 112);
-    assert!(size_of::<FstrimRange>() == 24);
 };
 
 /// All-zero value of an ioctl argument struct.
@@ -350,7 +341,6 @@ nix::ioctl_readwrite!(ioc_tree_search_v2, IOC, 17, SearchArgsV2);
 nix::ioctl_read!(ioc_start_sync, IOC, 24, u64);
 nix::ioctl_none!(ioc_sync, IOC, 8);
 nix::ioctl_write_ptr!(ioc_wait_sync, IOC, 22, u64);
-nix::ioctl_readwrite!(ioc_fitrim, b'X', 121, FstrimRange);
 
 fn open_dir(path: &Path) -> io::Result<File> {
     OpenOptions::new()
@@ -935,24 +925,6 @@ pub fn balance_cancel(path: &Path) -> io::Result<()> {
 // Trim
 // ---------------------------------------------------------------------------
 
-/// FITRIM over the whole file system holding `path`: discards free space
-/// so the device below (an SSD, a thin volume, a loop file that punches
-/// holes) gets it back. `min_len` skips free extents shorter than that (0:
-/// the device's granularity). Returns the bytes the kernel trimmed. Needs
-/// `CAP_SYS_ADMIN`; `EOPNOTSUPP` if the device cannot discard.
-pub fn fitrim(path: &Path, min_len: u64) -> io::Result<u64> {
-    let d = open_dir(path)?;
-    let mut range = FstrimRange {
-        start: 0,
-        len: u64::MAX,
-        minlen: min_len,
-    };
-    // SAFETY: `range` is a `struct fstrim_range` the kernel reads and
-    // updates (len = bytes trimmed).
-    unsafe { ioc_fitrim(d.as_raw_fd(), &mut range) }.map_err(errno)?;
-    Ok(range.len)
-}
-
 // ---------------------------------------------------------------------------
 // Tree search and "what changed since"
 // ---------------------------------------------------------------------------
@@ -1501,7 +1473,7 @@ pub(crate) mod tests {
         // FITRIM: the freed space goes back to the image file.
         let img_blocks = || std::fs::metadata(fs.image()).unwrap().blocks() * 512;
         let before = img_blocks();
-        let trimmed = fitrim(m, 0).unwrap();
+        let trimmed = crate::sys::trim::fitrim(m).unwrap();
         assert!(trimmed > 0);
         assert!(img_blocks() <= before, "trim grew the image");
         assert!(
