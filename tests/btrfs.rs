@@ -23,28 +23,7 @@ use layerd::engine::types::Kind;
 use layerd::sys::{btrfs as sysbtrfs, loopdev};
 
 fn skip() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root")
-    } else if Command::new("mkfs.btrfs")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        Some("mkfs.btrfs is missing (apt-get install btrfs-progs)")
-    } else if !Path::new("/dev/loop-control").exists() {
-        Some("no loop devices")
-    } else {
-        None
-    };
-    match why {
-        Some(w) if std::env::var_os("CI").is_some() => panic!("cannot run in CI: {w}"),
-        Some(w) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIP btrfs: {w}");
-            true
-        }
-        None => false,
-    }
+    common::Backend::Btrfs.skip("btrfs")
 }
 
 /// A test's world: `/tmp/ldb.XXXXXX/{s, r, bus, …}`, a private bus and the

@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -40,28 +39,7 @@ const GIB: u64 = 1 << 30;
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn skip() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root")
-    } else if Command::new("mkfs.btrfs")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        Some("mkfs.btrfs is missing (apt-get install btrfs-progs)")
-    } else if !Path::new("/dev/loop-control").exists() {
-        Some("no loop devices")
-    } else {
-        None
-    };
-    match why {
-        Some(w) if std::env::var_os("CI").is_some() => panic!("cannot run in CI: {w}"),
-        Some(w) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIP btrfs_balance: {w}");
-            true
-        }
-        None => false,
-    }
+    common::Backend::Btrfs.skip("btrfs_balance")
 }
 
 /// Private bus, the daemon with one loop-backed btrfs pool `main` at

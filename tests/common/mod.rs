@@ -582,6 +582,21 @@ impl Backend {
         }
         None
     }
+
+    /// True, after a loud SKIP line, when this host cannot run the backend;
+    /// in CI (`CI` set) nothing skips: it panics instead.
+    pub fn skip(self, test: &str) -> bool {
+        let Some(why) = self.unavailable() else {
+            return false;
+        };
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: cannot run in CI: {why}");
+        }
+        // Straight to fd 2: libtest captures eprintln! of passing tests,
+        // and a skip must be seen.
+        let _ = writeln!(io::stderr(), "SKIP {test}: {why}");
+        true
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1251,13 +1266,7 @@ impl Fixture {
     /// loud SKIP line) when the host lacks what the backend needs, unless
     /// `CI` is set: in CI nothing skips.
     pub async fn new(backend: Backend) -> Option<Fixture> {
-        if let Some(why) = backend.unavailable() {
-            if std::env::var_os("CI").is_some() {
-                panic!("{}: cannot run in CI: {why}", backend.name());
-            }
-            // Straight to fd 2: libtest captures eprintln! of passing tests,
-            // and a skip must be seen.
-            let _ = writeln!(io::stderr(), "SKIP {}: {why}", backend.name());
+        if backend.skip(backend.name()) {
             return None;
         }
         clear_umask();
