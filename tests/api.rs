@@ -140,27 +140,6 @@ where
     std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_next(cx)).await
 }
 
-/// Waits until the daemon has logged "layerd ready" for its latest start,
-/// then a little longer. layerd owns its bus name before it installs its
-/// SIGTERM handler, so a SIGTERM right after the harness sees the name can
-/// kill it (see `sigterm_right_after_ready_exits_cleanly`); tests that
-/// restart at once use this so that they test what they mean to.
-async fn settle(f: &Fixture) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = f.daemon().log_text();
-        if log.matches("layerd ready").count() >= log.matches("===== layerd start").count() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "layerd never logged \"layerd ready\":\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
 /// A second loop-backed xfs (own directory under /tmp) for the extra pools
 /// `other` (overlay) and `full` (overlay, `min_free_percent = 99`).
 struct Extra {
@@ -208,7 +187,6 @@ impl Multi {
         .unwrap_or_else(|e| panic!("extra xfs: {e}"));
         let extra = Extra { fs, _dir: dir };
         let mut f = fixture().await?;
-        settle(&f).await;
         {
             let d = f.daemon_mut();
             d.config.pools.push(PoolConfig {
@@ -2122,7 +2100,6 @@ async fn sigterm_right_after_ready_exits_cleanly() {
         let _ = next_nowait(&mut owners).await;
     }
     f.start().await;
-    settle(&f).await;
     assert!(
         bad.is_empty(),
         "layerd did not exit 0 on a SIGTERM right after taking its bus name:\n  {}",

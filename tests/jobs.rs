@@ -128,24 +128,6 @@ fn image_blocks(f: &Fixture) -> u64 {
         .blocks()
 }
 
-/// Until the daemon's latest start logged "layerd ready" (a SIGTERM
-/// earlier is not what the restart tests mean to test).
-async fn settle(f: &Fixture) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = f.daemon().log_text();
-        if log.matches("layerd ready").count() >= log.matches("===== layerd start").count() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "layerd never logged ready:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -249,7 +231,6 @@ async fn trim_gives_space_back() {
     );
 
     // LastTrim survives a restart.
-    settle(&f).await;
     f.restart().await;
     let pool = f.pool("main").await;
     assert_eq!(
@@ -322,7 +303,6 @@ async fn job_running_properties_and_busy() {
     let Some(mut f) = Fixture::new(Backend::OverlayXfs).await else {
         return;
     };
-    settle(&f).await;
     f.daemon_mut()
         .env
         .push(("LAYERD_TEST_JOB_DELAY_MS".into(), "3000".into()));
