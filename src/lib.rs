@@ -9,5 +9,6 @@ pub mod config;
 pub mod dbus;
 pub mod engine;
 pub mod logging;
+pub mod maintenance;
 pub mod monitor;
 pub mod sys;

@@ -1,25 +1,49 @@
-//! Logging with `tracing`: to journald when its socket exists (structured
-//! fields become journal fields), to stderr otherwise. The level comes from
+//! Logging with `tracing`: to journald under systemd (structured fields
+//! become journal fields), to stderr otherwise. The level comes from
 //! LAYERD_LOG (tracing's EnvFilter syntax), default `info`.
+//!
+//! In the journal, fields keep their names upper-cased and without
+//! tracing-journald's default `F_` prefix, so `journalctl -u layerd
+//! POOL=main` and `-o json` show POOL, LAYER_KEY, JOB_ID, OPERATION and
+//! ERRNO as they are. Fields of enclosing spans (a job's pool, id and
+//! operation) are added to every event inside them. Our field names never
+//! start with `_` (trusted fields) nor clash with MESSAGE/PRIORITY.
 
 use std::path::Path;
 
+use tracing_journald::Priority;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Whether we run under systemd's journal: a service's stdout/stderr is
+/// connected to it (JOURNAL_STREAM) or its native socket exists.
+fn under_journald() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_some() || Path::new(JOURNAL_SOCKET).exists()
+}
 
 pub fn init() {
     let filter = EnvFilter::try_from_env("LAYERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     // Under systemd stderr is the journal too, but without fields; prefer
     // the native protocol whenever it is there.
-    if Path::new(JOURNAL_SOCKET).exists() && std::env::var_os("LAYERD_LOG_STDERR").is_none() {
+    if under_journald() && std::env::var_os("LAYERD_LOG_STDERR").is_none() {
         match tracing_journald::layer() {
             Ok(j) => {
-                registry
-                    .with(j.with_syslog_identifier("layerd".into()))
-                    .init();
+                // syslog's meaning: info is "informational" (6), not
+                // "notice" (5), tracing-journald's default for INFO.
+                let j = j
+                    .with_syslog_identifier("layerd".into())
+                    .with_field_prefix(None)
+                    .with_priority_mappings(tracing_journald::PriorityMappings {
+                        error: Priority::Error,
+                        warn: Priority::Warning,
+                        info: Priority::Informational,
+                        debug: Priority::Debug,
+                        trace: Priority::Debug,
+                    });
+                registry.with(j).init();
                 return;
             }
             Err(e) => eprintln!("layerd: journald unavailable ({e}); logging to stderr"),

@@ -10,12 +10,16 @@ use layerd::engine::{self, Engine, EngineConfig, PoolSpec, Thresholds};
 
 const USAGE: &str = "\
 usage: layerd [--config PATH] [--bus-address ADDRESS] [--check-config]
+       layerd job <trim|balance> <pool> [--bus-address ADDRESS]
 
   --config PATH          configuration file (default /etc/layerd/layerd.toml;
                          when that does not exist, the built-in default: one
                          pool \"main\" under /var/lib/layerd)
   --bus-address ADDRESS  serve on this D-Bus address instead of the system bus
   --check-config         validate the configuration, print it, and exit
+  job KIND POOL          run one maintenance job through the daemon and wait
+                         for it (what the maintenance timers' services run);
+                         exit status 0 when it succeeded, 1 when not
   LAYERD_LOG             log filter (default info), e.g. LAYERD_LOG=debug
 ";
 
@@ -107,6 +111,10 @@ fn engine_config(c: &Config) -> EngineConfig {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("job") {
+        return layerd::maintenance::job::main(&argv[1..]);
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -166,6 +174,9 @@ async fn run(cfg: Config, bus_address: Option<String>) -> Result<(), String> {
         );
     }
     let engine = Arc::new(engine);
+    // Timers before the bus name: a service a timer starts finds the
+    // daemon ready, and MaintenanceSchedule is final once clients see it.
+    schedule_maintenance(&cfg, &engine).await;
     let conn = layerd::dbus::serve(engine.clone(), bus_address.as_deref())
         .await
         .map_err(|e| format!("cannot serve D-Bus: {e}"))?;
@@ -179,13 +190,101 @@ async fn run(cfg: Config, bus_address: Option<String>) -> Result<(), String> {
         engine.clone(),
         layerd::monitor::SAMPLE_EVERY,
     ));
+    // Type=notify: ready once pools are open, recovery done and the bus
+    // name is ours. Outside systemd (no NOTIFY_SOCKET) these are no-ops.
+    let status = format!(
+        "serving {} pool(s) on {}",
+        engine.pool_names().len(),
+        bus_address.as_deref().unwrap_or("the system bus")
+    );
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+    let mut watchdog = watchdog_interval();
 
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = watchdog.tick() => {
+                // Ping only when the engine answers: a wedged engine lock
+                // lets the watchdog restart us.
+                let e = engine.clone();
+                if tokio::task::spawn_blocking(move || e.pool_names()).await.is_ok() {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
     }
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping"),
+    ]);
     monitor.abort();
     // Daemon mounts stay: they are recorded and the next start adopts them.
     drop(conn);
     Ok(())
+}
+
+/// Sends sd_notify(3) states; without NOTIFY_SOCKET (not under systemd)
+/// this does nothing.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Ticks at half the unit's WatchdogSec (WATCHDOG_USEC), or practically
+/// never when there is no watchdog.
+fn watchdog_interval() -> tokio::time::Interval {
+    let mut usec = 0u64;
+    let every = if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        std::time::Duration::from_micros(usec / 2)
+    } else {
+        std::time::Duration::from_secs(24 * 3600)
+    };
+    let mut i = tokio::time::interval(every);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+/// Makes systemd's maintenance timers match the config (src/maintenance/)
+/// and records each pool's schedule; without a systemd manager, says that
+/// maintenance is unscheduled. Never fails start-up: jobs still run on
+/// demand.
+async fn schedule_maintenance(cfg: &Config, engine: &Arc<Engine>) {
+    use layerd::maintenance::{self, systemd};
+    let wanted = maintenance::wanted(cfg);
+    let texts = match systemd::Manager::connect().await {
+        Err(why) => {
+            let why = why.to_string();
+            if wanted.is_empty() {
+                tracing::info!(reason = %why, "no maintenance configured; no systemd manager reachable");
+            } else {
+                tracing::warn!(reason = %why, "maintenance is unscheduled: no systemd manager reachable; Trim and Balance still run on demand");
+            }
+            notify(&[sd_notify::NotifyState::Status(
+                "maintenance unscheduled: no systemd manager reachable",
+            )]);
+            maintenance::describe_unscheduled(cfg, &why)
+        }
+        Ok(mgr) => {
+            let exe = std::env::current_exe()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "/usr/local/bin/layerd".into());
+            let (results, removed) = systemd::sync(&mgr, &wanted, &exe).await;
+            let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
+            tracing::info!(
+                scheduled = ok,
+                failed = results.len() - ok,
+                removed = removed.len(),
+                "maintenance timers match the config"
+            );
+            maintenance::describe(cfg, &results)
+        }
+    };
+    for (pool, text) in texts {
+        engine.set_maintenance_schedule(&pool, text);
+    }
 }

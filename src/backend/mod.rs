@@ -222,6 +222,25 @@ impl BackendError {
         }
     }
 
+    /// The errno behind the failure: the I/O error's, the first one in
+    /// the source chain, or EOPNOTSUPP for what the kernel cannot do.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            BackendError::Io { source, .. } => source.raw_os_error(),
+            BackendError::NotSupported(_) => Some(libc::EOPNOTSUPP),
+            other => {
+                let mut cur = std::error::Error::source(other);
+                while let Some(e) = cur {
+                    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                        return io.raw_os_error();
+                    }
+                    cur = e.source();
+                }
+                None
+            }
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             BackendError::Io { source, .. } => io_kind(source),

@@ -102,6 +102,8 @@ pub trait Pool {
     fn last_trim(&self) -> zbus::Result<LastRun>;
     #[zbus(property)]
     fn last_balance(&self) -> zbus::Result<LastRun>;
+    #[zbus(property)]
+    fn maintenance_schedule(&self) -> zbus::Result<String>;
 
     /// Returns the Job object's path.
     fn trim(&self) -> zbus::Result<OwnedObjectPath>;

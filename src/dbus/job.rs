@@ -177,7 +177,7 @@ pub(crate) async fn export(
 pub(crate) async fn unexport(conn: &Connection, id: JobId) {
     if let Ok(path) = job_path(id) {
         if let Err(e) = conn.object_server().remove::<Job, _>(&path).await {
-            tracing::debug!(job = id, error = %e, "job object already gone");
+            tracing::debug!(job_id = id, error = %e, "job object already gone");
         }
     }
 }
@@ -251,7 +251,7 @@ async fn follow(conn: Connection, engine: Arc<Engine>, id: JobId, path: OwnedObj
                 Properties::properties_changed(&em, iface.clone(), changed, Default::default())
                     .await
             {
-                tracing::warn!(job = id, error = %e, "cannot emit PropertiesChanged");
+                tracing::warn!(job_id = id, error = %e, "cannot emit PropertiesChanged");
             }
         }
         last = now;
@@ -268,7 +268,7 @@ async fn follow(conn: Connection, engine: Arc<Engine>, id: JobId, path: OwnedObj
             .take()
             .unwrap_or_else(|| (outcome.success(), outcome.describe()));
         if let Err(e) = Job::completed(&em, success, &message).await {
-            tracing::warn!(job = id, error = %e, "cannot emit Completed");
+            tracing::warn!(job_id = id, error = %e, "cannot emit Completed");
         }
         return;
     }

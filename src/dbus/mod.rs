@@ -187,7 +187,7 @@ async fn forward_events(conn: Connection, engine: Arc<Engine>, access: Arc<acces
             }
             Event::JobStarted { id, pool } => {
                 if let Err(e) = job::export(&conn, &engine, &access, id).await {
-                    tracing::warn!(%pool, job = id, error = %e, "cannot export the job object");
+                    tracing::warn!(%pool, job_id = id, error = %e, "cannot export the job object");
                 }
             }
             Event::JobCompleted {

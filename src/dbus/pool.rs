@@ -177,6 +177,17 @@ impl Pool {
         self.last_run("trim")
     }
 
+    /// How maintenance is scheduled, per job kind: e.g. `trim "weekly"
+    /// (layerd-trim@main.timer)`; `none: no maintenance configured`; or
+    /// `unscheduled: no systemd manager reachable (…)`, where Trim and
+    /// Balance still run on demand. Set once at start-up.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn maintenance_schedule(&self) -> zbus::fdo::Result<String> {
+        self.engine
+            .maintenance_schedule(&self.name)
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))
+    }
+
     /// The last balance, as LastTrim (bytes relocated).
     #[zbus(property)]
     fn last_balance(&self) -> zbus::fdo::Result<LastRun> {

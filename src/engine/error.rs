@@ -99,4 +99,15 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The errno behind the failure, if the kernel gave one (the journal's
+    /// ERRNO field).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Backend(e) => e.errno(),
+            _ => None,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -439,7 +439,7 @@ impl Engine {
                 e,
             )));
         }
-        tracing::info!(pool, job = id, operation, "job started");
+        tracing::info!(pool, job_id = id, operation, "job started");
         let _ = self.events.send(Event::JobStarted {
             id,
             pool: pool.to_string(),
@@ -454,7 +454,7 @@ impl Engine {
         let v = self.jobs.cancel(id)?;
         tracing::info!(
             pool = %v.pool,
-            job = id,
+            job_id = id,
             operation = v.operation,
             "job cancel requested"
         );
@@ -475,7 +475,7 @@ impl Engine {
     /// by the D-Bus adapter.
     pub fn prune_jobs(&self) {
         for id in self.jobs.prune(Instant::now()) {
-            tracing::debug!(job = id, "finished job forgotten");
+            tracing::debug!(job_id = id, "finished job forgotten");
             let _ = self.events.send(Event::JobRemoved(id));
         }
     }
@@ -495,8 +495,9 @@ impl Engine {
         work: Work,
         ctl: &JobControl,
     ) {
-        // Whatever the backend logs carries the job's fields too.
-        let span = tracing::info_span!("job", pool, job = id, operation);
+        // Whatever the backend logs carries the job's fields too (in the
+        // journal: POOL, JOB_ID, OPERATION), so events here leave them out.
+        let span = tracing::info_span!("job", pool, job_id = id, operation);
         let _enter = span.enter();
         let started = Instant::now();
         test_delay(ctl);
@@ -506,11 +507,15 @@ impl Engine {
             match &work {
                 Work::Trim => Ok(b.trim(ctl)?),
                 Work::Balance(opts) => {
-                    tracing::info!(pool, job = id, dusage = ?opts.dusage, musage = ?opts.musage, "balance filters");
+                    tracing::info!(dusage = ?opts.dusage, musage = ?opts.musage, "balance filters");
                     Ok(b.balance(opts, ctl)?)
                 }
             }
         }));
+        let errno = match &result {
+            Ok(Err(e)) => e.errno(),
+            _ => None,
+        };
         let (outcome, bytes) = match result {
             _ if ctl.is_cancelled() => (Outcome::Cancelled, ctl.bytes()),
             Ok(Ok(bytes)) => (Outcome::Ok, bytes),
@@ -550,18 +555,13 @@ impl Engine {
         let duration_ms = duration.as_millis() as u64;
         match &outcome {
             Outcome::Failed(why) => tracing::warn!(
-                pool,
-                job = id,
-                operation,
                 bytes,
+                errno,
                 duration_ms,
                 error = %why,
                 "job failed"
             ),
             o => tracing::info!(
-                pool,
-                job = id,
-                operation,
                 bytes,
                 duration_ms,
                 outcome = %o.describe(),

@@ -110,11 +110,11 @@ impl Engine {
         });
         match result {
             Ok(specs) => {
-                tracing::debug!(pool = %rec.pool, layer = rec.id, kind = %kind, "layer created");
+                tracing::info!(pool = %rec.pool, layer = rec.id, layer_key = key, operation = create_operation(kind), "layer created");
                 Ok(specs)
             }
             Err(e) => {
-                tracing::warn!(pool = %rec.pool, layer = rec.id, error = %e, "creating layer failed; rolling back");
+                tracing::warn!(pool = %rec.pool, layer = rec.id, layer_key = key, operation = create_operation(kind), errno = e.errno(), error = %e, "creating layer failed; rolling back");
                 self.undo_create(&rec);
                 Err(e)
             }
@@ -458,5 +458,13 @@ impl Adaptor for LayerInfo {
             }
             _ => None,
         }
+    }
+}
+
+/// The API operation that creates a layer of `kind` (the journal's OPERATION).
+fn create_operation(kind: Kind) -> &'static str {
+    match kind {
+        Kind::View => "view",
+        _ => "prepare",
     }
 }

@@ -160,6 +160,9 @@ pub struct Engine {
     /// Set by [`Engine::watch`]: the engine's own handle, with which
     /// sampling starts automatic jobs. Unset, nothing starts by itself.
     me: OnceLock<Weak<Engine>>,
+    /// Per pool, how its maintenance is scheduled, as src/maintenance/
+    /// reported it (the Pool property MaintenanceSchedule).
+    maintenance: Mutex<BTreeMap<String, String>>,
 }
 
 impl Engine {
@@ -214,6 +217,7 @@ impl Engine {
             mount_lock: Mutex::new(()),
             jobs: jobs::Jobs::default(),
             me: OnceLock::new(),
+            maintenance: Mutex::new(BTreeMap::new()),
         };
         let report = engine.reconcile()?;
         engine.count_layers()?;
@@ -239,6 +243,21 @@ impl Engine {
 
     pub fn pool_names(&self) -> Vec<String> {
         self.pools.keys().cloned().collect()
+    }
+
+    /// Records how `pool`'s maintenance is scheduled (src/maintenance/
+    /// decides the text: timers, or why there are none).
+    pub fn set_maintenance_schedule(&self, pool: &str, text: String) {
+        lock(&self.maintenance).insert(pool.to_string(), text);
+    }
+
+    /// How `pool`'s maintenance is scheduled; "" until start-up set it.
+    pub fn maintenance_schedule(&self, pool: &str) -> Result<String> {
+        self.get_pool(pool)?;
+        Ok(lock(&self.maintenance)
+            .get(pool)
+            .cloned()
+            .unwrap_or_default())
     }
 
     pub fn pool(&self, name: &str) -> Result<PoolView> {
@@ -363,7 +382,7 @@ impl Engine {
             Ok(id) => {
                 tracing::warn!(
                     pool = name,
-                    job = id,
+                    job_id = id,
                     unallocated,
                     device_size = device,
                     threshold_percent = percent,
@@ -396,7 +415,7 @@ impl Engine {
         auto.running = None;
         let why = match outcome {
             jobs::Outcome::Ok if bytes > 0 => {
-                tracing::info!(pool, job = id, gained = bytes, "automatic balance done");
+                tracing::info!(pool, job_id = id, gained = bytes, "automatic balance done");
                 return;
             }
             jobs::Outcome::Ok => format!(
@@ -413,7 +432,7 @@ impl Engine {
             .and_then(|s| s.unallocated)
             .or_else(|| lock(&p.status).unallocated)
             .unwrap_or(0);
-        tracing::warn!(pool, job = id, unallocated, reason = %why, "automatic balance gives up until unallocated space drops further or recovers");
+        tracing::warn!(pool, job_id = id, unallocated, reason = %why, "automatic balance gives up until unallocated space drops further or recovers");
         auto.gave_up = Some((why, unallocated));
     }
 

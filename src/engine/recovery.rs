@@ -84,7 +84,7 @@ impl Engine {
                 }
                 State::Ready => {
                     if !backend.exists(rec.id) {
-                        tracing::error!(pool = %rec.pool, layer = rec.id, key = %rec.key, "layer is recorded but its storage is missing");
+                        tracing::error!(pool = %rec.pool, layer = rec.id, layer_key = %rec.key, "layer is recorded but its storage is missing");
                         report.missing.push((rec.key.clone(), rec.id));
                     }
                 }
