@@ -382,7 +382,7 @@ async fn job_running_properties_and_busy() {
         "job started",
         "job finished",
         "operation=\"trim\"",
-        &format!("job={id}"),
+        &format!("job_id={id}"),
     ] {
         assert!(log.contains(needle), "the log lacks {needle:?}:\n{log}");
     }
@@ -433,5 +433,53 @@ async fn finished_jobs_are_forgotten_after_ten_newer() {
         old.operation().await.is_err(),
         "a forgotten job still answers"
     );
+    f.finish();
+}
+
+/// Without a systemd manager (the host tier: systemd is not PID 1 here),
+/// every pool with maintenance configured says it is unscheduled, and the
+/// timers' client `layerd job trim <pool>` still runs a trim on demand,
+/// waits for it and exits 0; a pool that does not exist makes it exit 1
+/// naming the pool, an unknown job kind 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unscheduled_without_systemd_and_the_job_client() {
+    if std::path::Path::new("/run/systemd/system").exists() {
+        eprintln!("SKIP unscheduled_without_systemd_and_the_job_client: systemd is PID 1 here (the systemd tier covers it)");
+        return;
+    }
+    let Some(f) = Fixture::new(Backend::OverlayXfs).await else {
+        return;
+    };
+    let pool = f.pool("main").await;
+    let s = must(pool.maintenance_schedule().await, "MaintenanceSchedule");
+    assert!(
+        s.starts_with("unscheduled: no systemd manager reachable"),
+        "{s}"
+    );
+    let job = |args: &[&str]| {
+        std::process::Command::new(Daemon::binary())
+            .arg("job")
+            .args(args)
+            .args(["--bus-address", f.bus_address()])
+            .output()
+            .expect("run layerd job")
+    };
+    let out = job(&["trim", "main"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("trim of pool main done"), "{text}");
+    let (time, _, outcome) = must(pool.last_trim().await, "LastTrim");
+    assert!(time > 0 && outcome == "ok", "{time} {outcome}");
+
+    let out = job(&["trim", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope"), "{err}");
+    let out = job(&["scrub", "main"]);
+    assert_eq!(out.status.code(), Some(2));
     f.finish();
 }

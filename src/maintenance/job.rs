@@ -111,7 +111,8 @@ pub async fn run(kind: &str, pool: &str, bus: Option<&str>) -> Result<String, St
         .build()
         .await
         .map_err(|e| format!("job {job}: {e}"))?;
-    let mut poll = tokio::time::interval(POLL_EVERY);
+    // The signal carries the daemon's message; the property is the fallback.
+    let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + POLL_EVERY, POLL_EVERY);
     loop {
         tokio::select! {
             msg = signals.next() => {

@@ -162,7 +162,9 @@ mod tests {
             [
                 "layerd-trim@main.timer",
                 "layerd-balance@b.timer",
-                "layerd-trim@c-1.timer"
+                // btrfs pools balance daily unless told otherwise.
+                "layerd-trim@c-1.timer",
+                "layerd-balance@c-1.timer",
             ]
         );
         assert_eq!(w[0].calendar, "weekly");

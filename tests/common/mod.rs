@@ -1349,6 +1349,11 @@ impl Fixture {
         format!("t/{what}-{}", self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The private bus's address (for clients run as processes).
+    pub fn bus_address(&self) -> &str {
+        self.bus.as_ref().map(|b| b.address.as_str()).unwrap_or("")
+    }
+
     /// A pool object proxy.
     pub async fn pool(&self, name: &str) -> PoolProxy<'static> {
         PoolProxy::builder(&self.conn)
