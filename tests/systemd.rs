@@ -401,10 +401,10 @@ fn activation_policy_and_restart() {
 
     // Non-root: the bus policy refuses every mutating call before it
     // reaches the daemon (org.freedesktop.DBus.Error.AccessDenied) ...
-    let out = m.as_nobody(&format!(
+    let out = m.as_nobody(
         "dbus-send --system --print-reply --dest=org.layerd.Layerd1 /org/layerd/Layerd1 \
-         org.layerd.Layerd1.Manager.Prepare string:evil string: dict:string:string:"
-    ));
+         org.layerd.Layerd1.Manager.Prepare string:evil string: dict:string:string:",
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -452,6 +452,19 @@ fn activation_policy_and_restart() {
     assert!(walk.starts_with("a(ssssa{ss}tt) 3"), "{walk}");
     let stat = m.ok(&format!("busctl call {M} Stat s base"));
     assert!(stat.contains("\"committed\" 1 \"team\" \"web\""), "{stat}");
+
+    // The watchdog is really pinged: with WatchdogSec=2s, systemd would
+    // abort and restart a silent daemon within 2 s; over 6 s nothing
+    // happens.
+    m.ok("mkdir -p /etc/systemd/system/layerd.service.d && \
+          printf '[Service]\\nWatchdogSec=2s\\n' > /etc/systemd/system/layerd.service.d/watchdog.conf && \
+          systemctl daemon-reload && systemctl restart layerd");
+    let before = m.ok("systemctl show layerd -p MainPID -p WatchdogUSec -p NRestarts");
+    assert!(before.contains("WatchdogUSec=2s"), "{before}");
+    std::thread::sleep(Duration::from_secs(6));
+    let after = m.ok("systemctl show layerd -p MainPID -p WatchdogUSec -p NRestarts");
+    assert_eq!(before, after, "the daemon was restarted by its watchdog");
+    assert_eq!(stdout(&m.sh("systemctl is-active layerd")), "active");
 }
 
 /// Timers match the config (and follow its changes over a restart); a
