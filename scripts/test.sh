@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs layerd's whole test suite: unit tests and the host tier (real loop
-# devices, file systems, dbus-daemon and the real daemon binary). As root.
+# Runs layerd's whole test suite: unit tests, the host tier (real loop
+# devices, file systems, dbus-daemon and the real daemon binary) and the
+# systemd tier (tests/systemd.rs: systemd as PID 1 in systemd-nspawn). As root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "the test suite mounts file systems: run it as root" >&2; exit 1; }
