@@ -608,4 +608,16 @@ fn timers_follow_config_and_run_jobs() {
     // The record of the last trim outlives restarts.
     let last = m.get_property("main", "LastTrim");
     assert!(last.ends_with(" \"ok\""), "{last}");
+
+    // A spec only systemd can judge (config parsing checks syntax only):
+    // refused, said so in MaintenanceSchedule, and the daemon still serves.
+    m.set_config(&only_main.replace("\"weekly\"", "\"someday\""));
+    m.ok("systemctl restart layerd");
+    assert_eq!(m.layerd_timers(), BTreeSet::new());
+    let sched = m.get_property("main", "MaintenanceSchedule");
+    assert!(
+        sched
+            .contains("trim \\\"someday\\\" not scheduled: systemd refused layerd-trim@main.timer"),
+        "{sched}"
+    );
 }
