@@ -7,7 +7,9 @@
 //! POOL=main` and `-o json` show POOL, LAYER_KEY, JOB_ID, OPERATION and
 //! ERRNO as they are. Fields of enclosing spans (a job's pool, id and
 //! operation) are added to every event inside them. Our field names never
-//! start with `_` (trusted fields) nor clash with MESSAGE/PRIORITY.
+//! start with `_` (trusted fields) nor clash with MESSAGE/PRIORITY. JOB_ID
+//! is also the name systemd gives its own job ids in "Starting …" lines of
+//! `journalctl -u layerd`; ours carry SYSLOG_IDENTIFIER=layerd.
 
 use std::path::Path;
 
