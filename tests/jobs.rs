@@ -483,3 +483,27 @@ async fn unscheduled_without_systemd_and_the_job_client() {
     assert_eq!(out.status.code(), Some(2));
     f.finish();
 }
+
+/// The timers' client runs a balance too (btrfs pool, default filters),
+/// and the pool records it as LastBalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_client_runs_a_balance_on_btrfs() {
+    let Some(f) = Fixture::new(Backend::Btrfs).await else {
+        return;
+    };
+    let pool = f.pool("main").await;
+    let out = std::process::Command::new(Daemon::binary())
+        .args(["job", "balance", "main", "--bus-address", f.bus_address()])
+        .output()
+        .expect("run layerd job");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("balance of pool main done"), "{text}");
+    let (time, _, outcome) = must(pool.last_balance().await, "LastBalance");
+    assert!(time > 0 && outcome == "ok", "{time} {outcome}");
+    f.finish();
+}
