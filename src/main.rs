@@ -208,10 +208,14 @@ async fn run(cfg: Config, bus_address: Option<String>) -> Result<(), String> {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = watchdog.tick() => {
-                // Ping only when the engine answers: a wedged engine lock
-                // lets the watchdog restart us.
+                // Ping only when the engine answers: a blocking pool that
+                // is stuck, or a wedged pool status lock, lets the
+                // watchdog restart us.
                 let e = engine.clone();
-                if tokio::task::spawn_blocking(move || e.pool_names()).await.is_ok() {
+                let alive = tokio::task::spawn_blocking(move || {
+                    e.pool_names().iter().all(|n| e.pool(n).is_ok())
+                });
+                if alive.await.unwrap_or(false) {
                     notify(&[sd_notify::NotifyState::Watchdog]);
                 }
             }
