@@ -156,13 +156,18 @@ impl Manager {
             // The job needs the daemon; D-Bus activation starts it.
             ("After", Value::from(vec!["layerd.service"])),
         ];
+        // A service still running from before (a job the old timer
+        // started while the daemon restarted) keeps its unit: the new
+        // timer triggers that one, same ExecStart, instead of a second.
+        let aux = match self.proxy.get_unit(&service).await {
+            Ok(_) => {
+                tracing::info!(unit = %service, "the timer's service is still loaded (a job is running); reusing it");
+                vec![]
+            }
+            Err(_) => vec![(service.as_str(), service_props)],
+        };
         self.proxy
-            .start_transient_unit(
-                &timer,
-                "replace",
-                timer_props,
-                vec![(service.as_str(), service_props)],
-            )
+            .start_transient_unit(&timer, "replace", timer_props, aux)
             .await
             .map_err(|e| format!("systemd refused {timer}: {e}"))?;
         Ok(())
