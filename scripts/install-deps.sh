@@ -20,12 +20,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 fi
 # virtme-ng (vng) boots the kernel tier's VM; scripts/test-kernel.sh finds it
-# through python3 even when pip's script directory is not on PATH.
-if ! python3 -c 'import virtme_ng' 2>/dev/null; then
+# in pip's script directory even when that is not on PATH.
+bin=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+if [ ! -x "$bin/vng" ] || ! python3 -c 'import virtme_ng' 2>/dev/null; then
   echo "installing: virtme-ng (pip)"
-  # A Debian system python refuses plain pip installs (PEP 668).
-  python3 -m pip install -q virtme-ng ||
-    python3 -m pip install -q --break-system-packages virtme-ng
+  # --force-reinstall brings back a vng script that went missing; a Debian
+  # system python refuses plain pip installs (PEP 668).
+  python3 -m pip install -q --force-reinstall virtme-ng ||
+    python3 -m pip install -q --force-reinstall --break-system-packages virtme-ng
 fi
 # Kernel pieces the host tier uses (built in on some kernels: ignore errors).
 for m in loop overlay btrfs xfs ext4; do modprobe -q "$m" 2>/dev/null || true; done

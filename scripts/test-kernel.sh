@@ -67,11 +67,11 @@ else
   for t in $(awk '$1 ~ /^kernel_/ { print $1 }' <<<"$exes" | sort); do
     echo "$t $(exe "$t") --ignored --test-threads=2" >>"$res/plan"
   done
-  # The host-tier harness (loop devices, mkfs, bus, daemon) in the
-  # VM: two conformance tests (xfs + overlay, ext4 + vfs). Not btrfs: loading
-  # its module benchmarks raid6 for ~20 s under emulation, and the host tier
-  # covers it.
-  echo "conformance $(exe conformance) --test-threads=2 --exact overlay_xfs::basic vfs_ext4::basic" >>"$res/plan"
+  # The host-tier harness (loop devices, mkfs, bus, daemon) in the VM: two
+  # conformance tests, xfs and ext4. Not overlay: the VM's Debian 12 kernel
+  # (6.1) lacks the `lowerdir+` the overlay driver needs (6.8). Not btrfs:
+  # loading its module benchmarks raid6 for ~20 s under emulation.
+  echo "conformance $(exe conformance) --test-threads=2 --exact vfs_xfs::basic vfs_ext4::basic" >>"$res/plan"
 fi
 [ -s "$res/plan" ] || { echo "kernel tier: nothing to run" >&2; exit 1; }
 
