@@ -115,7 +115,7 @@ if [ -n "$timed_out" ]; then
   echo "kernel tier: TIMED OUT: the VM ran longer than ${timeout_s}s (LAYERD_VM_TIMEOUT) and was killed"
   status=1
 elif [ ! -e "$res/done" ]; then
-  echo "kernel tier: the VM did not finish its plan; its console:"
+  echo "kernel tier: the VM stopped before finishing its plan (no results for the rest)"
   status=1
 fi
 if [ "$status" != 0 ]; then
