@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Installs the Debian/Ubuntu packages layerd's build and host test tier need.
+# Installs the Debian/Ubuntu packages layerd's build and test tiers need.
 # Idempotent; runs apt-get update only when something is missing.
 set -euo pipefail
-pkgs=(btrfs-progs xfsprogs e2fsprogs dbus util-linux kmod attr libcap2-bin systemd-container)
+pkgs=(btrfs-progs xfsprogs e2fsprogs dbus util-linux kmod attr libcap2-bin)
+# systemd tier (tests/systemd.rs): systemd-nspawn.
+pkgs+=(systemd-container)
+# The devicemapper crate's build runs bindgen on libdevmapper's headers.
+pkgs+=(clang pkg-config libdevmapper-dev)
+# Kernel tier (scripts/test-kernel.sh): Debian's kernel booted under qemu by
+# virtme-ng, since the host kernel has no device-mapper.
+pkgs+=(linux-image-amd64 busybox-static qemu-system-x86 thin-provisioning-tools)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -10,8 +17,19 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q "${missing[@]}"
+  # Wait for a concurrent apt/dpkg rather than fail on its lock.
+  apt-get -o DPkg::Lock::Timeout=600 update -q
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+fi
+# virtme-ng (vng) boots the kernel tier's VM; scripts/test-kernel.sh finds it
+# in pip's script directory even when that is not on PATH.
+bin=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+if [ ! -x "$bin/vng" ] || ! python3 -c 'import virtme_ng' 2>/dev/null; then
+  echo "installing: virtme-ng (pip)"
+  # --force-reinstall brings back a vng script that went missing; a Debian
+  # system python refuses plain pip installs (PEP 668).
+  python3 -m pip install -q --force-reinstall virtme-ng ||
+    python3 -m pip install -q --force-reinstall --break-system-packages virtme-ng
 fi
 # Kernel pieces the host tier uses (built in on some kernels: ignore errors).
 for m in loop overlay btrfs xfs ext4; do modprobe -q "$m" 2>/dev/null || true; done

@@ -27,6 +27,28 @@ pub use layerd::dbus::client::{ManagerProxy, MountSpec, PoolProxy, StatReply, Wa
 
 use zbus::proxy::CacheProperties;
 
+/// Base directory of fixture directories: `/tmp`, or `$LAYERD_TEST_TMP`
+/// (the kernel-tier VM points it at a fresh tmpfs, since its `/tmp` is an
+/// overlay over the host's). Keep it short: the bus socket lives under it.
+pub fn test_tmp() -> PathBuf {
+    std::env::var_os("LAYERD_TEST_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// Kernel-tier tests (`tests/kernel_*.rs`, `#[ignore]`d so the host run
+/// lists them as ignored) run inside the VM of `scripts/test-kernel.sh`, which
+/// sets `LAYERD_KERNEL_TIER=1`. Run anywhere else they fail instead of
+/// passing without having tested anything.
+pub fn require_kernel_tier(test: &str) {
+    if std::env::var_os("LAYERD_KERNEL_TIER").is_none() {
+        panic!("{test}: a kernel-tier test: run it with scripts/test-kernel.sh");
+    }
+    if !Path::new("/dev/mapper/control").exists() {
+        panic!("{test}: /dev/mapper/control is missing: modprobe dm-mod dm-thin-pool");
+    }
+}
+
 /// Well-known bus name the daemon owns once it is ready.
 pub const BUS_NAME: &str = "org.layerd.Layerd1";
 /// Prefix of every layerd D-Bus error name.
@@ -35,6 +57,17 @@ pub const ERROR_PREFIX: &str = "org.layerd.Layerd1.Error.";
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the daemon may take to exit after SIGTERM before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A harness deadline, stretched tenfold in the kernel-tier VM: qemu without
+/// KVM emulates the CPU, and a debug daemon takes tens of seconds to start.
+pub fn deadline(d: Duration) -> Duration {
+    if std::env::var_os("LAYERD_KERNEL_TIER").is_some() {
+        d * 10
+    } else {
+        d
+    }
+}
+
 /// Sparse size of each loop-backed image (xfs needs at least 300 MiB).
 pub const IMAGE_SIZE: u64 = 512 << 20;
 /// A label every helper puts on the layers it creates (containerd's suite
@@ -759,7 +792,7 @@ impl Daemon {
             .await
             .map_err(|e| e.to_string())?;
         let name = zbus::names::BusName::try_from(BUS_NAME).unwrap();
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + self::deadline(READY_TIMEOUT);
         loop {
             if let Some(st) = self.is_running() {
                 return Err(format!(
@@ -773,7 +806,8 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = self.stop();
                 return Err(format!(
-                    "layerd did not own {BUS_NAME} within {READY_TIMEOUT:?}; its stderr:\n{}",
+                    "layerd did not own {BUS_NAME} within {:?}; its stderr:\n{}",
+                    self::deadline(READY_TIMEOUT),
                     self.log_text()
                 ));
             }
@@ -787,7 +821,7 @@ impl Daemon {
         let mut child = self.child.take()?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + self::deadline(STOP_TIMEOUT);
         loop {
             match child.try_wait() {
                 Ok(Some(st)) => return Some((st, false)),
@@ -1273,7 +1307,7 @@ impl Fixture {
         let dir = tempfile::Builder::new()
             .prefix("ld.")
             .rand_bytes(6)
-            .tempdir_in("/tmp")
+            .tempdir_in(test_tmp())
             .expect("create fixture dir");
         let path = dir.path().to_path_buf();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Kernel tier (docs/ARCHITECTURE.md, Testing): the tests that need
+# device-mapper, which the host kernel lacks, run inside ONE VM booted with
+# Debian's kernel by virtme-ng under qemu (no KVM here), as root.
+#
+#   scripts/test-kernel.sh                  the whole tier (scripts/test.sh runs this)
+#   scripts/test-kernel.sh TARGET [ARGS…]   one test target with libtest ARGS, e.g.
+#                                           scripts/test-kernel.sh kernel_dm dm_thin
+#
+# The test binaries are built here on the host; the VM sees the host's root
+# read-only and runs them (scripts/kernel-tier-vm.sh), writing each one's
+# output into a results directory shared with the host. This script prints
+# those outputs (so test.sh's summary counts their `test result:` lines) and
+# fails when a test failed, the VM reported nothing, or it ran out of time.
+#
+# Kernel-tier targets are tests/kernel_*.rs; their tests are #[ignore]d so
+# the host run lists them as ignored, and run here with --ignored.
+# Environment: LAYERD_VM_TIMEOUT (seconds, default 2400), LAYERD_VM_KERNEL
+# (a vmlinuz path; default the newest /boot/vmlinuz-*), LAYERD_VM_KEEP=1
+# keeps the results directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+[ "$(id -u)" = 0 ] || { echo "the kernel tier needs root (loop devices, dm, mounts)" >&2; exit 1; }
+timeout_s=${LAYERD_VM_TIMEOUT:-2400}
+t0=$(date +%s)
+
+# pip's script directory holds vng and the virtme-run it calls by name.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH:/usr/sbin:/sbin"
+command -v vng >/dev/null || { echo "kernel tier: vng not found: run scripts/install-deps.sh" >&2; exit 1; }
+kernel=${LAYERD_VM_KERNEL:-$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)}
+[ -n "$kernel" ] && [ -d "/lib/modules/${kernel##*/vmlinuz-}" ] ||
+  { echo "kernel tier: no kernel with modules in /boot: run scripts/install-deps.sh" >&2; exit 1; }
+
+# Build on the host; collect test executables by target name.
+exes=$(cargo test --locked --all-features --no-run --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])
+')
+exe() { awk -v t="$1" '$1 == t { print $2 }' <<<"$exes"; }
+
+res=$(mktemp -d /tmp/layerd-kt.XXXXXX)
+vm=
+cleanup() {
+  # The VM runs in its own process group (setsid): end exactly that group.
+  if [ -n "$vm" ] && kill -0 "$vm" 2>/dev/null; then
+    kill -TERM -- "-$vm" 2>/dev/null || true
+    sleep 3
+    kill -KILL -- "-$vm" 2>/dev/null || true
+  fi
+  if [ "${LAYERD_VM_KEEP:-}" = 1 ]; then echo "kernel tier: results kept in $res"; else rm -rf "$res"; fi
+}
+trap cleanup EXIT
+
+# The plan: one line per run, "<name> <executable> <libtest args…>".
+if [ $# -gt 0 ]; then
+  target=$1; shift
+  bin=$(exe "$target")
+  [ -n "$bin" ] || { echo "kernel tier: no test target named $target" >&2; exit 1; }
+  case $target in kernel_*) set -- --ignored "$@" ;; esac
+  echo "$target $bin $*" >"$res/plan"
+else
+  : >"$res/plan"
+  for t in $(awk '$1 ~ /^kernel_/ { print $1 }' <<<"$exes" | sort); do
+    echo "$t $(exe "$t") --ignored --test-threads=2" >>"$res/plan"
+  done
+  # The host-tier harness (loop devices, mkfs, bus, daemon) in the VM: two
+  # conformance tests, xfs and ext4. Not overlay: the VM's Debian 12 kernel
+  # (6.1) lacks the `lowerdir+` the overlay driver needs (6.8). Not btrfs:
+  # loading its module benchmarks raid6 for ~20 s under emulation.
+  echo "conformance $(exe conformance) --test-threads=2 --exact vfs_xfs::basic vfs_ext4::basic" >>"$res/plan"
+fi
+[ -s "$res/plan" ] || { echo "kernel tier: nothing to run" >&2; exit 1; }
+
+echo "kernel tier: booting ${kernel##*/} under qemu (no KVM), timeout ${timeout_s}s"
+# setsid: the VM (vng, virtme-run, qemu) gets its own process group, so the
+# cleanup and the timeout end all of it and nothing else.
+setsid vng -r "$kernel" --disable-kvm --memory 2G --cpus 2 --rwdir="$res" \
+  --exec "bash $repo/scripts/kernel-tier-vm.sh $res" </dev/null >"$res/console.log" 2>&1 &
+vm=$!
+start=$(date +%s)
+boot= peak=0 timed_out=
+while kill -0 "$vm" 2>/dev/null; do
+  now=$(date +%s)
+  [ -z "$boot" ] && [ -e "$res/up" ] && boot=$((now - start))
+  rss=$(ps -o rss= -g "$vm" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+  [ "$rss" -gt "$peak" ] && peak=$rss
+  if [ $((now - start)) -ge "$timeout_s" ]; then
+    timed_out=1
+    kill -TERM -- "-$vm" 2>/dev/null || true
+    sleep 5
+    kill -KILL -- "-$vm" 2>/dev/null || true
+    break
+  fi
+  sleep 1
+done
+wait "$vm" 2>/dev/null || true
+vm=
+end=$(date +%s)
+
+status=0
+while read -r name _; do
+  echo "==> kernel tier (VM): $name"
+  cat "$res/$name.out" 2>/dev/null || true
+  rc=$(cat "$res/$name.rc" 2>/dev/null || echo none)
+  if [ "$rc" != 0 ]; then
+    echo "kernel tier: $name FAILED (exit status: $rc)"
+    status=1
+  fi
+done <"$res/plan"
+if [ -n "$timed_out" ]; then
+  echo "kernel tier: TIMED OUT: the VM ran longer than ${timeout_s}s (LAYERD_VM_TIMEOUT) and was killed"
+  status=1
+elif [ ! -e "$res/done" ]; then
+  echo "kernel tier: the VM stopped before finishing its plan (no results for the rest)"
+  status=1
+fi
+if [ "$status" != 0 ]; then
+  echo "--- VM console (tail) ---"
+  tail -n 60 "$res/console.log" || true
+  echo "--- VM script log (tail) ---"
+  tail -n 40 "$res/vm.log" 2>/dev/null || true
+fi
+echo "kernel tier: VM boot ${boot:-?}s, VM run $((end - start))s, tier total $((end - t0))s, VM peak RSS $((peak / 1024)) MiB"
+exit "$status"
