@@ -659,3 +659,140 @@ fn balance_cancelled_midway() {
         64 * MIB as usize
     );
 }
+
+/// Writes `len` bytes into `path` in 1 MiB chunks, then fsync; returns the
+/// bytes written and the first error (write or fsync), if any.
+fn fill(path: &Path, len: u64) -> (u64, Option<std::io::Error>) {
+    use std::io::Write;
+    let mut f = fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; MIB as usize];
+    let mut done = 0;
+    while done < len {
+        if let Err(e) = f.write_all(&chunk) {
+            return (done, Some(e));
+        }
+        done += MIB;
+    }
+    (done, f.sync_all().err())
+}
+
+/// Names of the entries of a pool directory (to see that nothing was made).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn sized(size: &str) -> HashMap<String, String> {
+    let mut m = default_labels();
+    m.insert("layerd.io/size".into(), size.into());
+    m
+}
+
+/// `layerd.io/size` on a btrfs pool: quotas get enabled, the layer's
+/// qgroup limits its exclusive bytes (a write past it fails with EDQUOT in
+/// the layer, while a layer without the label writes on), a child's limit
+/// counts only what it adds to its parent, and a bad value is
+/// InvalidArgument naming label and value, with nothing created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_label_sets_a_qgroup_limit() {
+    let Some(f) = Fixture::new(common::Backend::Btrfs).await else {
+        return;
+    };
+    let pool = f.pool_path();
+    assert!(
+        !sysbtrfs::quota_enabled(&pool).unwrap(),
+        "a fresh btrfs has quotas off"
+    );
+
+    // Bad values: nothing is created, quotas stay off.
+    let before = entries(&pool);
+    for bad in ["12Q", "", "1.5G", "0", "-1M"] {
+        let e = assert_dbus_err!(
+            f.mgr.prepare("bad", "", sized(bad)).await,
+            "InvalidArgument",
+            "size {bad:?}"
+        );
+        let msg = err_message(&e).unwrap();
+        assert!(
+            msg.contains("layerd.io/size") && msg.contains(&format!("{bad:?}")),
+            "message should name the label and the value: {msg}"
+        );
+        assert_dbus_err!(f.mgr.stat("bad").await, "NotFound");
+    }
+    assert_eq!(
+        entries(&pool),
+        before,
+        "a rejected Prepare created something"
+    );
+    assert!(!sysbtrfs::quota_enabled(&pool).unwrap());
+
+    // A 32 MiB limit: the first layer with one enables quotas.
+    f.prepare_with("lim", "", sized("32M")).await;
+    assert!(sysbtrfs::quota_enabled(&pool).unwrap(), "quotas enabled");
+    let p = must(f.mgr.mount("lim").await, "Mount lim");
+    let (written, err) = fill(&Path::new(&p).join("f"), 64 * MIB);
+    let err = err.expect("writing 64 MiB into a 32 MiB layer must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    assert!(
+        (16 * MIB..=32 * MIB).contains(&written),
+        "EDQUOT after {written} bytes, limit 32 MiB"
+    );
+    must(f.mgr.unmount("lim").await, "Unmount lim");
+
+    // A layer without the label is not limited.
+    f.prepare("free", "").await;
+    let p = must(f.mgr.mount("free").await, "Mount free");
+    let (written, err) = fill(&Path::new(&p).join("f"), 64 * MIB);
+    assert!(err.is_none(), "unlimited layer: {err:?} after {written}");
+    must(f.mgr.unmount("free").await, "Unmount free");
+
+    // A child's limit counts exclusive bytes: the parent's 64 MiB it
+    // shares do not count against its 16 MiB.
+    f.commit("free-c", "free").await;
+    f.prepare_with("child", "free-c", sized("16M")).await;
+    let p = must(f.mgr.mount("child").await, "Mount child");
+    let (_, err) = fill(&Path::new(&p).join("g"), 8 * MIB);
+    assert!(
+        err.is_none(),
+        "8 MiB in a 16 MiB child of a 64 MiB parent: {err:?}"
+    );
+    let (_, err) = fill(&Path::new(&p).join("h"), 32 * MIB);
+    assert_eq!(
+        err.map(|e| e.raw_os_error()),
+        Some(Some(libc::EDQUOT)),
+        "the child's own limit holds"
+    );
+    must(f.mgr.unmount("child").await, "Unmount child");
+    f.finish();
+}
+
+/// Drivers that cannot limit a layer refuse the label with NotSupported
+/// naming the driver, and create nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_label_refused_where_unsupported() {
+    let Some(f) = Fixture::new(common::Backend::OverlayXfs).await else {
+        return;
+    };
+    let before = entries(&f.pool_path());
+    let e = assert_dbus_err!(
+        f.mgr.prepare("lim", "", sized("512M")).await,
+        "NotSupported"
+    );
+    let msg = err_message(&e).unwrap();
+    assert!(
+        msg.contains("overlay") && msg.contains("layerd.io/size"),
+        "{msg}"
+    );
+    assert_dbus_err!(f.mgr.stat("lim").await, "NotFound");
+    assert_eq!(entries(&f.pool_path()), before);
+    // A bad value is still InvalidArgument (checked first).
+    assert_dbus_err!(
+        f.mgr.prepare("lim", "", sized("lots")).await,
+        "InvalidArgument"
+    );
+    f.finish();
+}

@@ -158,6 +158,9 @@ pub enum Setup {
 
 pub struct Btrfs {
     backing: &'static str,
+    /// Quotas (qgroups) are enabled on this file system: found so at open,
+    /// or enabled by the first layer with a size limit.
+    quotas: AtomicBool,
     /// The directory holding the layers (the pool's mount point).
     root: PathBuf,
     /// The block device named in mount specs.
@@ -195,6 +198,7 @@ impl Btrfs {
                 }
                 mount_pool(device, mount, label, "device")?;
                 Btrfs {
+                    quotas: AtomicBool::new(false),
                     backing: "device",
                     root: mount.clone(),
                     device: device.clone(),
@@ -211,7 +215,10 @@ impl Btrfs {
                 _ => {}
             }
         }
-        tracing::info!(pool = %b.root.display(), device = %b.device.display(), backing = b.backing, "btrfs pool ready");
+        // Unknown counts as off: enabling again is harmless.
+        let quotas = sys::quota_enabled(&b.root).unwrap_or(false);
+        b.quotas.store(quotas, Ordering::Relaxed);
+        tracing::info!(pool = %b.root.display(), device = %b.device.display(), backing = b.backing, quotas, "btrfs pool ready");
         Ok(b)
     }
 
@@ -317,6 +324,7 @@ fn open_existing(path: &Path) -> Result<Btrfs, BackendError> {
         .map(|d| d.path.clone())
         .ok_or_else(|| unusable(path, "the btrfs reports no device"))?;
     Ok(Btrfs {
+        quotas: AtomicBool::new(false),
         backing: "existing",
         root: path.to_path_buf(),
         device,
@@ -369,6 +377,7 @@ fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError
         return Err(e);
     }
     Ok(Btrfs {
+        quotas: AtomicBool::new(false),
         backing: "loop",
         root: mount.to_path_buf(),
         device,
@@ -864,6 +873,32 @@ impl Backend for Btrfs {
         ctl.set_bytes(gained);
         ctl.set_progress(1.0);
         Ok(gained)
+    }
+
+    fn can_limit_size(&self) -> bool {
+        true
+    }
+
+    /// A qgroup limit on the layer's own qgroup `0/<subvolume id>`, on
+    /// *exclusive* bytes (`max_excl`): what the layer adds beyond its
+    /// parent, the same quantity Usage reports, so the same label means the
+    /// same on any parent. A referenced-bytes limit would count the
+    /// parent's shared data too: a child of a 1 GiB image with a 512M limit
+    /// would be over it before its first write. (A parent cannot be removed
+    /// while it has children, so shared data never turns exclusive under a
+    /// child's limit.) Quotas are enabled on the pool the first time one is
+    /// needed, and stay enabled.
+    fn limit_size(&self, id: u64, bytes: u64) -> Result<(), BackendError> {
+        if !self.quotas.load(Ordering::Relaxed) {
+            sys::quota_enable(&self.root)
+                .map_err(|e| BackendError::io("enable btrfs quotas", &self.root, e))?;
+            if !self.quotas.swap(true, Ordering::Relaxed) {
+                tracing::info!(pool = %self.root.display(), "enabled btrfs quotas (qgroups) for a layer size limit");
+            }
+        }
+        let path = self.layer(id);
+        sys::qgroup_limit_exclusive(&path, bytes)
+            .map_err(|e| BackendError::io("set qgroup limit", &path, e))
     }
 
     fn read_token(&self) -> Result<Option<u64>, BackendError> {

@@ -146,6 +146,9 @@ impl BalanceRequest {
 pub enum Outcome {
     Ok,
     Failed(String),
+    /// The work could not gain anything and says why (a balance on a pool
+    /// too full to relocate one chunk): a state of the pool, not a fault.
+    NoGain(String),
     Cancelled,
 }
 
@@ -160,7 +163,28 @@ impl Outcome {
         match self {
             Outcome::Ok => "ok".into(),
             Outcome::Failed(why) => format!("failed: {why}"),
+            Outcome::NoGain(why) => format!("no gain: {why}"),
             Outcome::Cancelled => "cancelled".into(),
+        }
+    }
+
+    /// The outcome of a job whose work failed with `e`. A balance that
+    /// gets ENOSPC found no room to relocate even one chunk (btrfs needs
+    /// unallocated space for the chunk it writes): the pool is full and
+    /// nothing could be gained, which the admin fixes by removing layers
+    /// or growing the pool, not by reading layerd's log.
+    pub fn of_error(operation: &str, e: &Error) -> Outcome {
+        let enospc = matches!(
+            e,
+            Error::Backend(BackendError::Io { source, .. })
+                if source.raw_os_error() == Some(libc::ENOSPC)
+        );
+        if operation == "balance" && enospc {
+            Outcome::NoGain(format!(
+                "nothing could be gained: the pool is full, with no unallocated space left to relocate a chunk into ({e}); remove layers or grow the pool (Extend)"
+            ))
+        } else {
+            Outcome::Failed(e.to_string())
         }
     }
 }
@@ -514,7 +538,7 @@ impl Engine {
         let (outcome, bytes) = match result {
             _ if ctl.is_cancelled() => (Outcome::Cancelled, ctl.bytes()),
             Ok(Ok(bytes)) => (Outcome::Ok, bytes),
-            Ok(Err(e)) => (Outcome::Failed(e.to_string()), ctl.bytes()),
+            Ok(Err(e)) => (Outcome::of_error(operation, &e), ctl.bytes()),
             Err(_) => (
                 Outcome::Failed("the job's thread panicked; see the log".into()),
                 ctl.bytes(),
@@ -546,6 +570,7 @@ impl Engine {
                 duration.as_secs_f64()
             ),
             Outcome::Failed(why) => format!("{operation} of pool {pool} failed: {why}"),
+            Outcome::NoGain(why) => format!("{operation} of pool {pool}: {why}"),
         };
         let duration_ms = duration.as_millis() as u64;
         match &outcome {
@@ -694,6 +719,37 @@ mod tests {
         let later = Instant::now() + KEEP_FOR + Duration::from_secs(1);
         assert_eq!(jobs.prune(later).len(), KEEP_FINISHED);
         assert_eq!(jobs.list().len(), 1);
+    }
+
+    #[test]
+    fn balance_enospc_is_no_gain() {
+        let io = |errno| {
+            Error::Backend(BackendError::io(
+                "balance metadata chunks",
+                std::path::Path::new("/p"),
+                std::io::Error::from_raw_os_error(errno),
+            ))
+        };
+        match Outcome::of_error("balance", &io(libc::ENOSPC)) {
+            Outcome::NoGain(m) => {
+                assert!(m.contains("nothing could be gained"), "{m}");
+                assert!(m.contains("remove layers or grow the pool"), "{m}");
+            }
+            o => panic!("ENOSPC in a balance is no gain, got {o:?}"),
+        }
+        assert!(!Outcome::of_error("balance", &io(libc::ENOSPC)).success());
+        assert!(Outcome::of_error("balance", &io(libc::ENOSPC))
+            .describe()
+            .starts_with("no gain: "));
+        // Other errors, and ENOSPC elsewhere, stay failures.
+        assert!(matches!(
+            Outcome::of_error("balance", &io(libc::EIO)),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            Outcome::of_error("trim", &io(libc::ENOSPC)),
+            Outcome::Failed(_)
+        ));
     }
 
     #[test]

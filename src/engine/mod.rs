@@ -404,6 +404,7 @@ impl Engine {
             ),
             jobs::Outcome::Cancelled => format!("balance job {id} was cancelled"),
             jobs::Outcome::Failed(e) => format!("balance job {id} failed: {e}"),
+            jobs::Outcome::NoGain(e) => format!("balance job {id}: {e}"),
         };
         let unallocated = p
             .backend
