@@ -84,15 +84,27 @@
 //! extents, and reflinks inside a layer count once. Not counted: dirty
 //! data not yet written back (it has no extent yet), and metadata blocks.
 //!
-//! Alternatives not taken: btrfs quotas (qgroups) would give exact
-//! "exclusive" numbers, but enabling them makes every extent change
+//! Usage stays this tree search even when quotas (qgroups) are enabled on
+//! the pool: a qgroup's "exclusive" bytes of a committed parent fall to
+//! almost nothing as soon as one child shares its extents (what Usage
+//! means is "what this layer wrote", not "what removing it would free"),
+//! and qgroup numbers are only current after a transaction commit, and
+//! wrong while the rescan that follows enabling quotas runs. FIEMAP's
+//! `FIEMAP_EXTENT_SHARED` flag has the same problem as qgroups for
+//! parents and needs a walk of the (untrusted) tree.
+//!
+//! # Size limits (qgroups)
+//!
+//! A layer created with the label `layerd.io/size` (the engine parses it
+//! and passes bytes; the backend never sees labels) gets a qgroup limit on
+//! its own level-0 qgroup `0/<subvolume id>`, on exclusive bytes (see
+//! [`Backend::limit_size`] on this type for why not referenced bytes).
+//! Writes past it fail with `EDQUOT` inside the layer. Quotas are off
+//! until the first such layer: enabling them makes every extent change
 //! account backrefs, which costs on every write and makes snapshot
-//! deletion and balance markedly slower, so layerd does not enable them.
-//! FIEMAP's `FIEMAP_EXTENT_SHARED` flag marks a committed parent's data as
-//! shared as soon as one child exists, so a parent would report nearly
-//! nothing, and it needs a walk of the (untrusted) tree. The optional
-//! per-layer limit through a qgroup (label `layerd.io/size`) is not built:
-//! it needs qgroups, and the backend never sees labels.
+//! deletion and balance slower, so pools that never limit a layer never
+//! pay for it. Once enabled (logged, and found again at open) they stay
+//! enabled.
 //!
 //! # Space
 //!
