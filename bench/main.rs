@@ -274,6 +274,10 @@ struct Lat {
     /// btrfs: set read-only (Commit's kernel step), destroy a subvolume.
     raw_commit: Samples,
     raw_destroy: Samples,
+    /// btrfs: what the daemon reads after each change beyond the floor: a
+    /// space sample (SPACE_INFO, DEV_INFO, statvfs) and the subvolume id
+    /// of a mount spec (INO_LOOKUP).
+    raw_sample: Samples,
     sync_pages: Samples,
     sync_fresh: Samples,
     // layerd's engine in this process, and bare store transactions.
@@ -457,6 +461,14 @@ async fn latency(
                 }
             })?;
             ip.prepare(&mut m.e_prepare_child, &child, &base, &blbl)?;
+            if btrfs {
+                timed_sync(&mut m.raw_sample, || {
+                    layerd::sys::btrfs::space_summary(&f_layers)
+                        .map_err(|e| format!("space summary: {e}"))?;
+                    nix::sys::statvfs::statvfs(&f_layers).map_err(|e| format!("statvfs: {e}"))?;
+                    floor::btrfs::subvolume_id(&f_child).map(|_| ())
+                })?;
+            }
 
             // Mount + Unmount of the child (overlay: a real overlay mount;
             // vfs: a bind mount).
@@ -755,6 +767,10 @@ async fn latency(
         floors.push((
             "SNAP_DESTROY_V2 (reference: the daemon destroys in Cleanup)",
             l.raw_destroy,
+        ));
+        floors.push((
+            "(not in the floor: space sample + subvolume id, read after each change)",
+            l.raw_sample,
         ));
     }
     let store = vec![

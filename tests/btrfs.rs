@@ -796,3 +796,140 @@ async fn size_label_refused_where_unsupported() {
     );
     f.finish();
 }
+
+async fn next_msg(s: &mut zbus::MessageStream) -> Option<zbus::Result<zbus::Message>> {
+    std::future::poll_fn(|cx| {
+        zbus::export::futures_core::Stream::poll_next(std::pin::Pin::new(&mut *s), cx)
+    })
+    .await
+}
+
+/// Waits for `Completed(success, message)` of the job at `path` on a
+/// stream subscribed before the job started.
+async fn job_completed(stream: &mut zbus::MessageStream, path: &str) -> (bool, String) {
+    let wait = async {
+        while let Some(msg) = next_msg(stream).await {
+            let msg = msg.expect("signal stream");
+            if msg.header().path().map(|p| p.as_str()) == Some(path) {
+                return msg.body().deserialize::<(bool, String)>().expect("(bs)");
+            }
+        }
+        panic!("signal stream ended");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no Completed for {path}"))
+}
+
+async fn completed_stream(conn: &zbus::Connection) -> zbus::MessageStream {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.layerd.Layerd1.Job")
+        .unwrap()
+        .member("Completed")
+        .unwrap()
+        .build();
+    zbus::MessageStream::for_match_rule(rule, conn, Some(64))
+        .await
+        .unwrap()
+}
+
+fn device_bytes(mnt: &Path) -> u64 {
+    sysbtrfs::devices(mnt)
+        .unwrap()
+        .iter()
+        .map(|d| d.total_bytes)
+        .sum()
+}
+
+/// Pool.Extend on a loop pool: a 1 GiB image grows by 512 MiB (still
+/// sparse), the loop device and the btrfs follow, DataSize and Unallocated
+/// rise over D-Bus, the job completes true, and after a restart and a
+/// "reboot" the larger image is attached again with its layers. Past
+/// `autoextend_max` the request is InvalidArgument naming the maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_loop_pool() {
+    if skip() {
+        return;
+    }
+    let mut w = World::new();
+    let mnt = w.state_dir().join("main");
+    let img = image_path(&mnt);
+    w.start(
+        vec![
+            ("backing".into(), toml_str("loop")),
+            ("size".into(), toml_str("1G")),
+            ("monitor.autoextend_max".into(), toml_str("2G")),
+        ],
+        &mnt,
+    )
+    .await;
+    let pool = w.pool().await;
+    let mgr = w.mgr().await;
+    must(mgr.prepare("a", "", l()).await, "Prepare a");
+    write_in(&mgr, "a", "f", 4 * MIB, 3).await;
+    let size0 = must(pool.data_size().await, "DataSize");
+    let unalloc0 = must(pool.unallocated().await, "Unallocated");
+    assert_eq!(device_bytes(&mnt), 1 << 30);
+
+    // Over the cap: 1 GiB + 1.5 GiB > 2 GiB.
+    let e = assert_dbus_err!(pool.extend(1536 * MIB).await, "InvalidArgument");
+    let msg = err_message(&e).unwrap();
+    assert!(
+        msg.contains("autoextend_max") && msg.contains(&(2u64 << 30).to_string()),
+        "{msg}"
+    );
+    assert_eq!(fs::metadata(&img).unwrap().len(), 1 << 30, "nothing grew");
+
+    let conn = w.conn.clone().unwrap();
+    let mut done = completed_stream(&conn).await;
+    let job = must(pool.extend(512 * MIB).await, "Extend");
+    let (ok, msg) = job_completed(&mut done, job.as_str()).await;
+    assert!(ok, "Extend job: {msg}");
+    let md = fs::metadata(&img).unwrap();
+    assert_eq!(md.len(), 1536 * MIB, "image grown by 512 MiB");
+    assert!(md.blocks() * 512 < 256 * MIB, "the image stays sparse");
+    assert_eq!(device_bytes(&mnt), 1536 * MIB, "btrfs resized");
+    let size1 = must(pool.data_size().await, "DataSize");
+    let unalloc1 = must(pool.unallocated().await, "Unallocated");
+    assert_eq!(unalloc1, unalloc0 + 512 * MIB, "Unallocated over D-Bus");
+    assert!(size1 >= size0 + 400 * MIB, "DataSize {size0} → {size1}");
+
+    // Restart, then "reboot" (unmounted, loop device gone): the larger
+    // image is attached and mounted again, layers intact.
+    w.daemon().restart(&conn).await.unwrap();
+    assert_eq!(device_bytes(&mnt), 1536 * MIB);
+    w.daemon().stop();
+    umount_all(&mnt).unwrap();
+    for d in loopdev::find_backing(&img).unwrap() {
+        loopdev::detach(&d).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !loopdev::find_backing(&img).unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "loop not detached");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    w.daemon().start(&conn).await.unwrap();
+    assert_eq!(fs::metadata(&img).unwrap().len(), 1536 * MIB);
+    assert_eq!(
+        device_bytes(&mnt),
+        1536 * MIB,
+        "re-attached at the new size"
+    );
+    let pool = w.pool().await;
+    assert_eq!(must(pool.unallocated().await, "Unallocated"), unalloc1);
+    let mgr = w.mgr().await;
+    assert_eq!(read_in(&mgr, "a", "f").await.len(), 4 * MIB as usize);
+}
+
+/// Extend on an `existing` btrfs is NotSupported naming the backing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_refused_on_existing_btrfs() {
+    let Some(f) = Fixture::new(common::Backend::Btrfs).await else {
+        return;
+    };
+    let pool = f.pool("main").await;
+    let e = assert_dbus_err!(pool.extend(512 * MIB).await, "NotSupported");
+    assert!(err_message(&e).unwrap().contains("existing"));
+    f.finish();
+}

@@ -887,6 +887,72 @@ impl Backend for Btrfs {
         Ok(gained)
     }
 
+    /// `loop`: the image grows by `bytes` (sparse), the loop device picks
+    /// up its new size (`LOOP_SET_CAPACITY`), and the btrfs device is
+    /// resized to the whole device. `device`: only the resize (the admin
+    /// grew the device). `existing`: not layerd's to grow. Returns the rise
+    /// of the btrfs device size.
+    fn extend(&self, bytes: u64, ctl: &JobControl) -> Result<u64, BackendError> {
+        if self.backing == "existing" {
+            return Err(BackendError::NotSupported(format!(
+                "the btrfs pool at {} has backing \"existing\": layerd did not make its file system and does not grow it; grow it with btrfs filesystem resize",
+                self.root.display()
+            )));
+        }
+        let devs = sys::devices(&self.root)
+            .map_err(|e| BackendError::io("btrfs device info", &self.root, e))?;
+        let dev = devs
+            .iter()
+            .find(|d| same_device(std::slice::from_ref(&d.path), &self.device))
+            .or(devs.first())
+            .cloned()
+            .ok_or_else(|| unusable(&self.root, "the btrfs reports no device"))?;
+        let before: u64 = devs.iter().map(|d| d.total_bytes).sum();
+        if self.backing == "loop" {
+            let image = image_path(&self.root);
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&image)
+                .map_err(|e| BackendError::io("open", &image, e))?;
+            let len = f
+                .metadata()
+                .map_err(|e| BackendError::io("stat", &image, e))?
+                .len();
+            let new = len.checked_add(bytes).ok_or_else(|| {
+                BackendError::NotSupported(format!("{len} + {bytes} bytes is too large"))
+            })?;
+            // Sparse: the host's space is taken only as layers write.
+            f.set_len(new)
+                .map_err(|e| BackendError::io("grow the pool image", &image, e))?;
+            f.sync_all()
+                .map_err(|e| BackendError::io("fsync", &image, e))?;
+            ctl.set_progress(0.3);
+            let loops = loopdev::find_backing(&image)
+                .map_err(|e| BackendError::io("find loop device", &image, e))?;
+            let ld = loops
+                .iter()
+                .find(|l| same_device(&[l.path()], &self.device))
+                .or(loops.first())
+                .ok_or_else(|| unusable(&image, "no loop device is bound to the pool image"))?;
+            loopdev::refresh_capacity(ld)
+                .map_err(|e| BackendError::io("refresh loop capacity", &ld.path(), e))?;
+            tracing::info!(image = %image.display(), from = len, to = new, "pool image grown");
+        }
+        ctl.set_progress(0.6);
+        sys::resize_max(&self.root, dev.devid)
+            .map_err(|e| BackendError::io("btrfs resize", &self.root, e))?;
+        let after: u64 = sys::devices(&self.root)
+            .map_err(|e| BackendError::io("btrfs device info", &self.root, e))?
+            .iter()
+            .map(|d| d.total_bytes)
+            .sum();
+        let grown = after.saturating_sub(before);
+        ctl.set_bytes(grown);
+        ctl.set_progress(1.0);
+        tracing::info!(pool = %self.root.display(), devid = dev.devid, before, after, "btrfs resized to its device");
+        Ok(grown)
+    }
+
     fn can_limit_size(&self) -> bool {
         true
     }

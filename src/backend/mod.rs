@@ -172,6 +172,16 @@ pub trait Backend: Send + Sync {
     fn max_depth(&self) -> Option<usize> {
         None
     }
+    /// Grows the pool's storage by `bytes` (a loop image) or to what its
+    /// device now holds, and the file system over it; returns the bytes
+    /// the pool grew by.
+    fn extend(&self, bytes: u64, ctl: &JobControl) -> Result<u64, BackendError> {
+        let _ = (bytes, ctl);
+        Err(BackendError::NotSupported(format!(
+            "the {} driver cannot extend its pool",
+            self.driver()
+        )))
+    }
     /// Whether [`Backend::limit_size`] works here; asked before anything
     /// is created, so a layer that cannot get its limit is never made.
     fn can_limit_size(&self) -> bool {

@@ -34,7 +34,7 @@ use crate::backend::{BackendError, BalanceOptions, JobControl};
 use crate::engine::error::{Error, Result};
 use crate::engine::store::LastRun;
 use crate::engine::types::{now_us, Event, Health};
-use crate::engine::{lock, Driver, Engine};
+use crate::engine::{lock, Backing, Driver, Engine};
 
 pub type JobId = u64;
 
@@ -390,6 +390,7 @@ impl Jobs {
 enum Work {
     Trim,
     Balance(BalanceOptions),
+    Extend(u64),
 }
 
 impl Engine {
@@ -425,7 +426,27 @@ impl Engine {
                         "Extend needs a number of bytes to add, not 0".into(),
                     ));
                 }
-                return Err(Error::NotSupported(match driver {
+                if driver == Driver::Btrfs {
+                    if p.spec.backing == Backing::Existing {
+                        return Err(Error::NotSupported(format!(
+                            "pool {pool:?} has backing \"existing\": layerd did not make its btrfs and does not grow it (only loop and device backings extend)"
+                        )));
+                    }
+                    if p.spec.backing == Backing::Loop {
+                        if let Some(max) = p.spec.thresholds.autoextend_max {
+                            let now = backend.space()?.device_size.unwrap_or(0);
+                            let want = now.saturating_add(*bytes);
+                            if want > max {
+                                return Err(Error::InvalidArgument(format!(
+                                    "Extend by {bytes} bytes would grow pool {pool:?} from {now} to {want} bytes, above its maximum of {max} bytes (autoextend_max); ask for at most {} bytes or raise autoextend_max",
+                                    max.saturating_sub(now)
+                                )));
+                            }
+                        }
+                    }
+                    Work::Extend(*bytes)
+                } else {
+                    return Err(Error::NotSupported(match driver {
                     Driver::Overlay | Driver::Vfs => format!(
                         "pool {pool:?} is a directory pool ({} driver): it has the space of the file system holding {}; grow that file system instead",
                         driver.as_str(),
@@ -436,6 +457,7 @@ impl Engine {
                         d.as_str()
                     ),
                 }));
+                }
             }
         };
         {
@@ -529,6 +551,7 @@ impl Engine {
             let b = p.backend()?;
             match &work {
                 Work::Trim => Ok(b.trim(ctl)?),
+                Work::Extend(bytes) => Ok(b.extend(*bytes, ctl)?),
                 Work::Balance(opts) => {
                     tracing::info!(pool, job = id, dusage = ?opts.dusage, musage = ?opts.musage, "balance filters");
                     Ok(b.balance(opts, ctl)?)

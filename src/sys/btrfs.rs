@@ -369,6 +369,7 @@ nix::ioctl_read!(ioc_get_subvol_info, IOC, 60, GetSubvolInfoArgs);
 nix::ioctl_readwrite!(ioc_tree_search_v2, IOC, 17, SearchArgsV2);
 nix::ioctl_read!(ioc_start_sync, IOC, 24, u64);
 nix::ioctl_none!(ioc_sync, IOC, 8);
+nix::ioctl_write_ptr!(ioc_resize, IOC, 3, VolArgs);
 nix::ioctl_readwrite!(ioc_quota_ctl, IOC, 40, QuotaCtlArgs);
 nix::ioctl_read!(ioc_qgroup_limit, IOC, 43, QgroupLimitArgs);
 nix::ioctl_write_ptr!(ioc_wait_sync, IOC, 22, u64);
@@ -657,6 +658,21 @@ pub fn sync(path: &Path) -> io::Result<()> {
     let d = open_dir(path)?;
     // SAFETY: BTRFS_IOC_SYNC takes no argument.
     unsafe { ioc_sync(d.as_raw_fd()) }.map_err(errno)?;
+    Ok(())
+}
+
+/// Grows (or shrinks) device `devid` of the file system holding `path` to
+/// the whole size of its block device (`BTRFS_IOC_RESIZE` with
+/// `"<devid>:max"`, as `btrfs filesystem resize <devid>:max`).
+pub fn resize_max(path: &Path, devid: u64) -> io::Result<()> {
+    let d = open_dir(path)?;
+    let arg = format!("{devid}:max");
+    // SAFETY: integers and arrays only.
+    let mut args = unsafe { zeroed::<VolArgs>() };
+    args.name[..arg.len()].copy_from_slice(arg.as_bytes());
+    // SAFETY: a NUL-terminated (zeroed tail) `btrfs_ioctl_vol_args` the
+    // kernel only reads.
+    unsafe { ioc_resize(d.as_raw_fd(), &*args) }.map_err(errno)?;
     Ok(())
 }
 
