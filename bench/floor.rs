@@ -308,3 +308,70 @@ pub fn close(fd: i32) {
         }
     }
 }
+
+/// btrfs raw steps, through layerd's own ioctl wrappers (`sys::btrfs`), on
+/// the same file system as the daemon's btrfs pool.
+pub mod btrfs {
+    use std::path::Path;
+
+    use layerd::sys::btrfs as sys;
+
+    fn io<T>(r: std::io::Result<T>, what: &str, p: &Path) -> Result<T, String> {
+        r.map_err(|e| format!("{what} {}: {e}", p.display()))
+    }
+
+    /// An empty subvolume `dir/name`, made durable: `SUBVOL_CREATE` +
+    /// `START_SYNC`/`WAIT_SYNC` (a new subvolume is not committed by the
+    /// ioctl itself; a snapshot is).
+    pub fn create(dir: &Path, name: &str) -> Result<(), String> {
+        io(sys::create_subvolume(dir, name), "create subvolume", dir)?;
+        io(sys::commit_transaction(dir), "commit transaction", dir)
+    }
+
+    /// A writable snapshot `dir/name` of `src` (`SNAP_CREATE_V2`).
+    pub fn snapshot(src: &Path, dir: &Path, name: &str) -> Result<(), String> {
+        io(sys::snapshot(src, dir, name, false), "snapshot", src)
+    }
+
+    /// `SUBVOL_SETFLAGS` read-only on or off.
+    pub fn set_readonly(path: &Path, ro: bool) -> Result<(), String> {
+        io(sys::set_readonly(path, ro), "set flags", path)
+    }
+
+    /// `SNAP_DESTROY_V2` of `dir/name`.
+    pub fn destroy(dir: &Path, name: &str) -> Result<(), String> {
+        io(sys::delete_subvolume(dir, name), "destroy subvolume", dir)
+    }
+
+    /// Destroys every subvolume directly in `dir` (untimed clean-up).
+    pub fn clear(dir: &Path) -> Result<(), String> {
+        for e in io(std::fs::read_dir(dir), "readdir", dir)? {
+            let e = io(e, "readdir", dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if sys::is_subvolume(&e.path()).unwrap_or(false) {
+                io(
+                    sys::delete_subvolume_recursive(dir, &name),
+                    "destroy",
+                    &e.path(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn subvolume_id(path: &Path) -> Result<u64, String> {
+        io(sys::subvolume_id(path), "subvolume id", path)
+    }
+
+    /// mount(2) of subvolume `id` of `device` on `target`, as the daemon's
+    /// Mount does (`btrfs`, device, `subvolid=N`).
+    pub fn mount_subvol(device: &str, id: u64, target: &Path) -> Result<(), String> {
+        let spec = layerd::sys::mount::MountSpec {
+            fstype: "btrfs".into(),
+            source: device.into(),
+            options: vec![format!("subvolid={id}"), "rw".into()],
+        };
+        layerd::sys::mount::mount_spec(&spec, target)
+            .map_err(|e| format!("mount subvolid={id} on {}: {e}", target.display()))
+    }
+}

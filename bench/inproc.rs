@@ -62,10 +62,10 @@ pub fn time_open(
         .pools
         .iter()
         .map(|p| {
-            let driver = if p.driver == "vfs" {
-                Driver::Vfs
-            } else {
-                Driver::Overlay
+            let driver = match p.driver.as_str() {
+                "vfs" => Driver::Vfs,
+                "btrfs" => Driver::Btrfs,
+                _ => Driver::Overlay,
             };
             pool_spec(&p.name, driver, p.path.clone())
         })
@@ -87,15 +87,20 @@ pub fn time_open(
 
 impl InProc {
     /// An engine with an overlay pool "main" and a vfs pool "vfs" under
-    /// `dir` (on the benchmark's xfs), daemon mounts under `run_dir`.
-    pub fn open(dir: &Path, run_dir: &Path) -> Result<InProc, String> {
-        let pools = [
+    /// `dir` (on the benchmark's xfs), and a btrfs pool "btrfs" at `btrfs`
+    /// (a directory on the benchmark's btrfs) when given; daemon mounts
+    /// under `run_dir`.
+    pub fn open(dir: &Path, run_dir: &Path, btrfs: Option<&Path>) -> Result<InProc, String> {
+        let mut pools: Vec<PoolSpec> = [
             ("main", Driver::Overlay, "overlay"),
             ("vfs", Driver::Vfs, "vfs"),
         ]
         .into_iter()
         .map(|(name, driver, sub)| pool_spec(name, driver, dir.join(sub)))
         .collect();
+        if let Some(b) = btrfs {
+            pools.push(pool_spec("btrfs", Driver::Btrfs, b.to_path_buf()));
+        }
         let (engine, _) = e(
             Engine::open(EngineConfig {
                 state_dir: dir.join("state"),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use stats::{fmt_bytes, fmt_d, fmt_us, round1, round2, Samples};
-use world::{World, OVERLAY_POOL, VFS_POOL};
+use world::{World, BTRFS_POOL, OVERLAY_POOL, VFS_POOL};
 
 /// The ratio the daemon aims for: at most 20% over the floor.
 const TARGET: f64 = 1.2;
@@ -40,6 +40,10 @@ struct Opts {
     restarts: usize,
     walk_reps: usize,
     vfs: bool,
+    btrfs: bool,
+    /// Parts named on the command line (`overlay`, `vfs`, `btrfs`,
+    /// `scale`); empty = all.
+    only: Vec<String>,
     image_size: u64,
     daemon_log: String,
     pause: u64,
@@ -56,6 +60,18 @@ fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 impl Opts {
+    /// Whether part `name` runs: not switched off, and named by the
+    /// filter if there is one.
+    fn wants(&self, name: &str) -> bool {
+        let on = match name {
+            "vfs" => self.vfs,
+            "btrfs" => self.btrfs,
+            "scale" => self.layers > 0,
+            _ => true,
+        };
+        on && (self.only.is_empty() || self.only.iter().any(|o| o == name))
+    }
+
     fn from_env() -> Opts {
         let iters = env_num("LAYERD_BENCH_ITERS", 300usize).max(1);
         Opts {
@@ -66,6 +82,13 @@ impl Opts {
             restarts: env_num("LAYERD_BENCH_RESTARTS", 3usize),
             walk_reps: env_num("LAYERD_BENCH_WALK_REPS", 7usize).max(1),
             vfs: env_num("LAYERD_BENCH_VFS", 1u8) != 0,
+            btrfs: env_num("LAYERD_BENCH_BTRFS", 1u8) != 0,
+            // `cargo bench --bench layerd -- btrfs` passes `--bench` and
+            // the filter; anything not an option names a part to run.
+            only: std::env::args()
+                .skip(1)
+                .filter(|a| !a.starts_with('-'))
+                .collect(),
             image_size: env_num("LAYERD_BENCH_IMAGE_GIB", 4u64).max(1) << 30,
             daemon_log: std::env::var("LAYERD_BENCH_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
             pause: env_num("LAYERD_BENCH_PAUSE", 0u64),
@@ -172,6 +195,17 @@ impl Row {
     fn floor_p95(&self) -> f64 {
         self.floor.iter().map(|(_, s, k)| s.p95() * *k as f64).sum()
     }
+    fn floor_p90(&self) -> f64 {
+        self.floor.iter().map(|(_, s, k)| s.p90() * *k as f64).sum()
+    }
+    fn ratio_p90(&self) -> f64 {
+        let f = self.floor_p90();
+        if f > 0.0 {
+            self.daemon.p90() / f
+        } else {
+            0.0
+        }
+    }
     fn ratio(&self) -> f64 {
         let f = self.floor_p50();
         if f > 0.0 {
@@ -198,9 +232,11 @@ impl Row {
             "op": self.id,
             "daemon": self.daemon.json(),
             "floor_p50_us": round1(self.floor_p50()),
+            "floor_p90_us": round1(self.floor_p90()),
             "floor_p95_us": round1(self.floor_p95()),
             "floor": self.floor_desc(),
             "ratio_p50": round2(self.ratio()),
+            "ratio_p90": round2(self.ratio_p90()),
             "target": TARGET,
             "inproc": self.inproc.json(),
         })
@@ -235,6 +271,13 @@ struct Lat {
     raw_mount: Samples,
     raw_unmount: Samples,
     raw_remove: Samples,
+    /// btrfs: set read-only (Commit's kernel step), destroy a subvolume.
+    raw_commit: Samples,
+    raw_destroy: Samples,
+    /// btrfs: what the daemon reads after each change beyond the floor: a
+    /// space sample (SPACE_INFO, DEV_INFO, statvfs) and the subvolume id
+    /// of a mount spec (INO_LOOKUP).
+    raw_sample: Samples,
     sync_pages: Samples,
     sync_fresh: Samples,
     // layerd's engine in this process, and bare store transactions.
@@ -264,14 +307,18 @@ async fn latency(
     o: &Opts,
 ) -> Result<PoolResult, String> {
     let vfs = pool == VFS_POOL;
-    let driver = if vfs { "vfs" } else { "overlay" };
+    let btrfs = pool == BTRFS_POOL;
+    let driver = if vfs {
+        "vfs"
+    } else if btrfs {
+        "btrfs"
+    } else {
+        "overlay"
+    };
     let mut l = Lat::default();
     let lbl = labels(&[("bench.layerd.io/run", "latency")]);
-    let lbl_root = if vfs {
-        labels(&[
-            ("bench.layerd.io/run", "latency"),
-            ("layerd.io/pool", VFS_POOL),
-        ])
+    let lbl_root = if pool != OVERLAY_POOL {
+        labels(&[("bench.layerd.io/run", "latency"), ("layerd.io/pool", pool)])
     } else {
         lbl.clone()
     };
@@ -310,21 +357,36 @@ async fn latency(
         ip.commit(&mut scratch, &base, &base_key, &blbl)?;
     }
 
-    // The floor's own directories on the same file system.
+    // The floor's own directories on the same file system as the pool
+    // (btrfs: on the btrfs; the fdatasync file stays beside the store).
     let fdir = w.floor_dir().join(pool);
+    floor::mkdir(&fdir, 0o755)?;
+    let kdir = if btrfs {
+        w.btrfs_mnt().join("floor")
+    } else {
+        fdir.clone()
+    };
     let (f_base, f_layers, f_work, f_trash) = (
-        fdir.join("base"),
-        fdir.join("l"),
-        fdir.join("w"),
-        fdir.join("t"),
+        kdir.join("base"),
+        kdir.join("l"),
+        kdir.join("w"),
+        kdir.join("t"),
     );
-    for d in [&fdir, &f_base, &f_layers, &f_work, &f_trash] {
+    for d in [&f_layers, &f_work, &f_trash] {
         floor::mkdir(d, 0o755)?;
+    }
+    if btrfs {
+        // The parent: an empty read-only subvolume, as a committed layer.
+        floor::btrfs::create(&kdir, "base")?;
+        floor::btrfs::set_readonly(&f_base, true)?;
+    } else {
+        floor::mkdir(&f_base, 0o755)?;
     }
     if vfs {
         let (d, f, s) = VFS_TREE;
         floor::write_tree(&f_base, d, f, s)?;
     }
+    let bdev = w.btrfs_device().unwrap_or_default();
     let f_run = w.floor_run_dir().join(pool);
     floor::mkdir(&f_run, 0o755)?;
     let mut sync = floor::SyncFile::create(&fdir.join("sync.dat"))?;
@@ -354,6 +416,7 @@ async fn latency(
                 fl(&f_work, i),
                 fl(&f_run, i),
             );
+            let name_of = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
 
             timed!(m.ping, w.peer.ping(), "Ping");
             timed_sync(&mut m.sync, || sync.write_and_sync())?;
@@ -364,7 +427,13 @@ async fn latency(
                 w.mgr.prepare(&root, "", lbl_root.clone()),
                 "Prepare"
             );
-            timed_sync(&mut m.raw_prepare, || floor::mkdir(&f_root, 0o755))?;
+            timed_sync(&mut m.raw_prepare, || {
+                if btrfs {
+                    floor::btrfs::create(&f_layers, &name_of(&f_root))
+                } else {
+                    floor::mkdir(&f_root, 0o755)
+                }
+            })?;
             ip.prepare(&mut m.e_prepare, &root, "", &blbl_root)?;
             ip.store_prepare(
                 &mut m.st_intent,
@@ -381,6 +450,9 @@ async fn latency(
                 "Prepare child"
             );
             timed_sync(&mut m.raw_prepare_child, || {
+                if btrfs {
+                    return floor::btrfs::snapshot(&f_base, &f_layers, &name_of(&f_child));
+                }
                 floor::mkdir(&f_child, 0o755)?;
                 if vfs {
                     floor::reflink_tree(&f_base, &f_child).map(|_| ())
@@ -389,6 +461,14 @@ async fn latency(
                 }
             })?;
             ip.prepare(&mut m.e_prepare_child, &child, &base, &blbl)?;
+            if btrfs {
+                timed_sync(&mut m.raw_sample, || {
+                    layerd::sys::btrfs::space_summary(&f_layers)
+                        .map_err(|e| format!("space summary: {e}"))?;
+                    nix::sys::statvfs::statvfs(&f_layers).map_err(|e| format!("statvfs: {e}"))?;
+                    floor::btrfs::subvolume_id(&f_child).map(|_| ())
+                })?;
+            }
 
             // Mount + Unmount of the child (overlay: a real overlay mount;
             // vfs: a bind mount).
@@ -396,7 +476,10 @@ async fn latency(
             timed!(m.unmount, w.mgr.unmount(&child), "Unmount");
             timed_sync(&mut m.raw_mount, || {
                 floor::mkdir(&f_tgt, 0o755)?;
-                if vfs {
+                if btrfs {
+                    let id = floor::btrfs::subvolume_id(&f_child)?;
+                    floor::btrfs::mount_subvol(&bdev, id, &f_tgt)
+                } else if vfs {
                     floor::bind_mount(&f_child, &f_tgt)
                 } else {
                     floor::mount_overlay(&[&f_base], &f_child, &f_wk, &f_tgt)
@@ -409,8 +492,14 @@ async fn latency(
             ip.mount(&mut m.e_mount, &child)?;
             ip.unmount(&mut m.e_unmount, &child)?;
 
-            // Commit the child (no kernel step on overlay or vfs).
+            // Commit the child (no kernel step on overlay or vfs; btrfs
+            // sets the subvolume read-only).
             timed!(m.commit, w.mgr.commit(&done, &child, lbl.clone()), "Commit");
+            if btrfs {
+                timed_sync(&mut m.raw_commit, || {
+                    floor::btrfs::set_readonly(&f_child, true)
+                })?;
+            }
             ip.commit(&mut m.e_commit, &done, &child, &blbl)?;
 
             // Stat: read-only, only the D-Bus round trip is its floor.
@@ -421,6 +510,12 @@ async fn latency(
             timed!(m.remove, w.mgr.remove(&done), "Remove");
             let (td, tw) = (fl(&f_trash, i), f_trash.join(format!("w{round}{i}")));
             timed_sync(&mut m.raw_remove, || {
+                if btrfs {
+                    // A read-only subvolume cannot move to another
+                    // directory: clear the flag first, as the daemon does.
+                    floor::btrfs::set_readonly(&f_child, false)?;
+                    return floor::rename(&f_child, &td);
+                }
                 floor::rename(&f_child, &td)?;
                 if !vfs {
                     floor::rename(&f_wk, &tw)?;
@@ -442,12 +537,22 @@ async fn latency(
             // Untimed: the parentless active goes again.
             call(w.mgr.remove(&root).await, "Remove root")?;
             ip.remove(None, &root)?;
+            if btrfs {
+                // For reference (the daemon destroys in Cleanup): one
+                // SNAP_DESTROY_V2 of an empty subvolume.
+                timed_sync(&mut m.raw_destroy, || {
+                    floor::btrfs::destroy(&f_layers, &name_of(&f_root))
+                })?;
+            }
         }
 
         // Untimed clean-up: the trash, the floor's leftovers.
         call(w.mgr.cleanup().await, "Cleanup")?;
         ip.cleanup()?;
         for d in [&f_layers, &f_work, &f_trash] {
+            if btrfs {
+                floor::btrfs::clear(d)?;
+            }
             let _ = std::fs::remove_dir_all(d);
             floor::mkdir(d, 0o755)?;
         }
@@ -466,7 +571,15 @@ async fn latency(
             id: "prepare",
             daemon: l.prepare.clone(),
             floor: vec![
-                ("mkdir", l.raw_prepare.clone(), 1),
+                (
+                    if btrfs {
+                        "subvol create+commit"
+                    } else {
+                        "mkdir"
+                    },
+                    l.raw_prepare.clone(),
+                    1,
+                ),
                 ("ping", l.ping.clone(), 1),
                 ("fdatasync", l.sync.clone(), 1),
             ],
@@ -481,6 +594,8 @@ async fn latency(
                 (
                     if vfs {
                         "mkdir+reflink copy"
+                    } else if btrfs {
+                        "snapshot"
                     } else {
                         "2×mkdir"
                     },
@@ -497,10 +612,18 @@ async fn latency(
             op: "Commit",
             id: "commit",
             daemon: l.commit.clone(),
-            floor: vec![
-                ("ping", l.ping.clone(), 1),
-                ("fdatasync", l.sync.clone(), 1),
-            ],
+            floor: if btrfs {
+                vec![
+                    ("set ro", l.raw_commit.clone(), 1),
+                    ("ping", l.ping.clone(), 1),
+                    ("fdatasync", l.sync.clone(), 1),
+                ]
+            } else {
+                vec![
+                    ("ping", l.ping.clone(), 1),
+                    ("fdatasync", l.sync.clone(), 1),
+                ]
+            },
             inproc: l.e_commit.clone(),
             sub: false,
         },
@@ -512,6 +635,8 @@ async fn latency(
                 (
                     if vfs {
                         "mkdir+bind+umount+rmdir"
+                    } else if btrfs {
+                        "mkdir+mount subvolid+umount+rmdir"
                     } else {
                         "mkdir+overlay+umount+rmdir"
                     },
@@ -529,7 +654,13 @@ async fn latency(
             daemon: l.mount.clone(),
             floor: vec![
                 (
-                    if vfs { "mkdir+bind" } else { "mkdir+overlay" },
+                    if vfs {
+                        "mkdir+bind"
+                    } else if btrfs {
+                        "mkdir+mount subvolid"
+                    } else {
+                        "mkdir+overlay"
+                    },
                     l.raw_mount.clone(),
                     1,
                 ),
@@ -555,7 +686,13 @@ async fn latency(
             daemon: l.remove.clone(),
             floor: vec![
                 (
-                    if vfs { "rename" } else { "2×rename" },
+                    if vfs {
+                        "rename"
+                    } else if btrfs {
+                        "clear ro+rename"
+                    } else {
+                        "2×rename"
+                    },
                     l.raw_remove.clone(),
                     1,
                 ),
@@ -574,7 +711,7 @@ async fn latency(
             sub: true,
         },
     ];
-    let floors = vec![
+    let mut floors = vec![
         ("D-Bus Peer.Ping round trip", l.ping),
         ("pwrite 4 KiB + fdatasync", l.sync),
         (
@@ -585,10 +722,19 @@ async fn latency(
             "  (store-shaped, appending: 12 new 4 KiB pages + fdatasync)",
             l.sync_fresh,
         ),
-        ("mkdir (layer dir)", l.raw_prepare),
+        (
+            if btrfs {
+                "SUBVOL_CREATE + START_SYNC/WAIT_SYNC"
+            } else {
+                "mkdir (layer dir)"
+            },
+            l.raw_prepare,
+        ),
         (
             if vfs {
                 "mkdir + reflink copy of the parent tree"
+            } else if btrfs {
+                "SNAP_CREATE_V2 (writable snapshot)"
             } else {
                 "mkdir layer + mkdir workdir"
             },
@@ -597,6 +743,8 @@ async fn latency(
         (
             if vfs {
                 "mkdir target + bind mount"
+            } else if btrfs {
+                "mkdir target + mount btrfs subvolid=N"
             } else {
                 "mkdir target + overlay mount (fsopen…move_mount)"
             },
@@ -606,12 +754,25 @@ async fn latency(
         (
             if vfs {
                 "rename layer into trash"
+            } else if btrfs {
+                "SUBVOL_SETFLAGS rw + rename into trash"
             } else {
                 "rename layer + workdir into trash"
             },
             l.raw_remove,
         ),
     ];
+    if btrfs {
+        floors.push(("SUBVOL_SETFLAGS read-only (commit)", l.raw_commit));
+        floors.push((
+            "SNAP_DESTROY_V2 (reference: the daemon destroys in Cleanup)",
+            l.raw_destroy,
+        ));
+        floors.push((
+            "(not in the floor: space sample + subvolume id, read after each change)",
+            l.raw_sample,
+        ));
+    }
     let store = vec![
         ("intent transaction (non-durable)", l.st_intent),
         ("Ready transaction (durable: 1 fdatasync)", l.st_durable),
@@ -624,6 +785,8 @@ async fn latency(
             d * f,
             fmt_bytes(s as u64)
         )
+    } else if btrfs {
+        "parent is an empty read-only subvolume; children are writable snapshots of it".into()
     } else {
         "parent is an empty committed layer; children are overlay mounts on it".into()
     };
@@ -644,8 +807,8 @@ fn print_pool(r: &PoolResult, o: &Opts) {
         r.driver, r.pool, o.iters, o.warmup, r.note
     );
     println!(
-        "{:<22} {:>10} {:>10} {:>11} {:>7} {:>7} {:>10}  floor = …",
-        "op", "p50", "p95", "floor p50", "ratio", "target", "in-proc"
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>9}  floor = …",
+        "op", "p50", "p90", "floor p50", "floor p90", "ratio50", "ratio90", "target", "in-proc"
     );
     for row in &r.rows {
         let ratio = row.ratio();
@@ -657,13 +820,15 @@ fn print_pool(r: &PoolResult, o: &Opts) {
             "!"
         };
         println!(
-            "{:<22} {:>10} {:>10} {:>11} {:>6.2}×{} {:>6} {:>10}  {}",
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>6.2}×{} {:>6.2}× {:>6} {:>9}  {}",
             row.op,
             fmt_us(row.daemon.p50()),
-            fmt_us(row.daemon.p95()),
+            fmt_us(row.daemon.p90()),
             fmt_us(row.floor_p50()),
+            fmt_us(row.floor_p90()),
             ratio,
             flag,
+            row.ratio_p90(),
             if row.sub {
                 "".to_string()
             } else {
@@ -702,7 +867,7 @@ fn print_pool(r: &PoolResult, o: &Opts) {
         );
     }
     println!(
-        "floors measured in this run ({} pool directory, same xfs):",
+        "floors measured in this run ({} pool's file system; fdatasync on the store's xfs):",
         r.pool
     );
     for (name, s) in &r.floors {
@@ -1072,18 +1237,23 @@ async fn measure(
 ) -> Result<(Vec<PoolResult>, Option<ScaleResult>), String> {
     let ip_dir = w.mnt().join("inproc");
     floor::mkdir(&ip_dir, 0o755)?;
-    let ip = inproc::InProc::open(&ip_dir, &w.inproc_run_dir())?;
+    let bdir = w.btrfs_device().map(|_| w.btrfs_mnt().join("inproc"));
+    let ip = inproc::InProc::open(&ip_dir, &w.inproc_run_dir(), bdir.as_deref())?;
     let mut pools = Vec::new();
-    eprintln!("[latency] overlay pool, {} iterations", o.iters);
-    pools.push(latency(w, &ip, OVERLAY_POOL, o).await?);
-    print_pool(&pools[0], o);
-    if o.vfs {
-        eprintln!("[latency] vfs pool, {} iterations", o.iters);
-        pools.push(latency(w, &ip, VFS_POOL, o).await?);
-        print_pool(&pools[1], o);
+    for (part, pool) in [
+        ("overlay", OVERLAY_POOL),
+        ("vfs", VFS_POOL),
+        ("btrfs", BTRFS_POOL),
+    ] {
+        if o.wants(part) {
+            eprintln!("[latency] {part} pool, {} iterations", o.iters);
+            let r = latency(w, &ip, pool, o).await?;
+            print_pool(&r, o);
+            pools.push(r);
+        }
     }
     drop(ip);
-    let scale = if o.layers > 0 {
+    let scale = if o.wants("scale") {
         let s = scale(w, o).await?;
         print_scale(&s);
         Some(s)
@@ -1125,7 +1295,7 @@ async fn run(o: Opts) -> Result<(), String> {
     if !release {
         eprintln!("warning: layerd is not a release build; run `cargo bench --bench layerd`");
     }
-    let mut w = World::new(o.image_size, &o.daemon_log).await?;
+    let mut w = World::new(o.image_size, &o.daemon_log, o.wants("btrfs")).await?;
     println!(
         "world: {} sparse xfs (reflink=1) on {} (image in {}, loop direct-io off); store, pools and floors on it; daemon pid {}",
         fmt_bytes(w.image_size),
@@ -1175,7 +1345,7 @@ async fn run(o: Opts) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // cargo bench passes `--bench` (and any filter); nothing to parse.
+    // cargo bench passes `--bench` and any filter (see Opts::only).
     let o = Opts::from_env();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -40,6 +40,10 @@ impl Samples {
         self.pct(50.0)
     }
 
+    pub fn p90(&self) -> f64 {
+        self.pct(90.0)
+    }
+
     pub fn p95(&self) -> f64 {
         self.pct(95.0)
     }
@@ -81,6 +85,7 @@ impl Samples {
         serde_json::json!({
             "n": self.len(),
             "p50_us": round1(self.p50()),
+            "p90_us": round1(self.p90()),
             "p95_us": round1(self.p95()),
             "min_us": round1(if self.is_empty() { 0.0 } else { self.min() }),
             "mean_us": round1(self.mean()),

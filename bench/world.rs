@@ -16,6 +16,11 @@
 //! run-floor/     the benchmark's own mount targets (same file system as run/)
 //! x/inproc/      store and pools of layerd's engine run in the benchmark's
 //!                process (no D-Bus), to split the daemon's time
+//! bimg           a second sparse image on its own loop device, btrfs
+//! b/             its mount point
+//! b/pool/        pool "btrfs" (btrfs driver, backing = "existing")
+//! b/floor/       the benchmark's raw ioctl steps on the same btrfs
+//! b/inproc/      the in-process engine's btrfs pool
 //! run-inproc/    that engine's run_dir
 //! bus, bus.conf  the private bus
 //! layerd.toml, layerd.log
@@ -27,13 +32,15 @@ use std::time::{Duration, Instant};
 use zbus::proxy::CacheProperties;
 
 use crate::common::{
-    unmount_under, Bus, Daemon, DaemonConfig, Fs, FsKind, ManagerProxy, PoolConfig, BUS_NAME,
+    toml_str, unmount_under, Bus, Daemon, DaemonConfig, Fs, FsKind, ManagerProxy, PoolConfig,
+    BUS_NAME,
 };
 use crate::floor;
 
 pub const ROOT_PATH: &str = "/org/layerd/Layerd1";
 pub const OVERLAY_POOL: &str = "main";
 pub const VFS_POOL: &str = "vfs";
+pub const BTRFS_POOL: &str = "btrfs";
 
 pub struct World {
     pub conn: zbus::Connection,
@@ -41,6 +48,8 @@ pub struct World {
     pub peer: zbus::fdo::PeerProxy<'static>,
     daemon: Option<Daemon>,
     fs: Option<Fs>,
+    /// The btrfs holding pool "btrfs" (None when the btrfs table is off).
+    bfs: Option<Fs>,
     bus: Option<Bus>,
     dir: Option<tempfile::TempDir>,
     pub path: PathBuf,
@@ -52,6 +61,7 @@ pub struct World {
 struct Parts {
     daemon: Option<Daemon>,
     fs: Option<Fs>,
+    bfs: Option<Fs>,
     bus: Option<Bus>,
     dir: Option<tempfile::TempDir>,
 }
@@ -60,7 +70,7 @@ impl Drop for Parts {
     fn drop(&mut self) {
         teardown(
             self.daemon.take(),
-            self.fs.take(),
+            [self.bfs.take(), self.fs.take()],
             self.bus.take(),
             self.dir.take(),
             &[],
@@ -70,7 +80,7 @@ impl Drop for Parts {
 
 fn teardown(
     daemon: Option<Daemon>,
-    fs: Option<Fs>,
+    fss: [Option<Fs>; 2],
     bus: Option<Bus>,
     dir: Option<tempfile::TempDir>,
     extra_mount_dirs: &[PathBuf],
@@ -84,7 +94,7 @@ fn teardown(
     drop(daemon);
     // Fs::drop: unmounts everything under the mount point, detaches the
     // loop device, removes the image.
-    drop(fs);
+    drop(fss);
     drop(bus);
     if let Some(d) = dir {
         let left = unmount_under(d.path());
@@ -134,7 +144,8 @@ pub struct Restart {
 }
 
 impl World {
-    pub async fn new(image_size: u64, daemon_log: &str) -> Result<World, String> {
+    /// `btrfs`: also a loop-backed btrfs of `image_size` with pool "btrfs".
+    pub async fn new(image_size: u64, daemon_log: &str, btrfs: bool) -> Result<World, String> {
         if !nix::unistd::geteuid().is_root() {
             return Err("the benchmark needs root (loop devices, mkfs, mount)".into());
         }
@@ -167,6 +178,18 @@ impl World {
             floor::mkdir(&mnt.join(d), 0o755)?;
         }
         floor::mkdir(&path.join("run-floor"), 0o755)?;
+        let bmnt = path.join("b");
+        if btrfs {
+            parts.bfs = Some(Fs::new(
+                FsKind::Btrfs,
+                &path.join("bimg"),
+                &bmnt,
+                image_size,
+            )?);
+            for d in ["pool", "floor", "inproc"] {
+                floor::mkdir(&bmnt.join(d), 0o755)?;
+            }
+        }
         let bus = Bus::start(&path)?;
         let address = bus.address.clone();
         parts.bus = Some(bus);
@@ -190,6 +213,15 @@ impl World {
                 },
             ],
         };
+        let mut config = config;
+        if btrfs {
+            config.pools.push(PoolConfig {
+                name: BTRFS_POOL.into(),
+                driver: "btrfs".into(),
+                path: bmnt.join("pool"),
+                extra: vec![("backing".into(), toml_str("existing"))],
+            });
+        }
         let mut daemon = Daemon::new(config, &path, &address);
         // The harness defaults the daemon to LAYERD_LOG=debug; a benchmark
         // measures the daemon as deployed.
@@ -212,6 +244,7 @@ impl World {
             peer,
             daemon: parts.daemon.take(),
             fs: parts.fs.take(),
+            bfs: parts.bfs.take(),
             bus: parts.bus.take(),
             dir: parts.dir.take(),
             path,
@@ -234,6 +267,13 @@ impl World {
     /// run_dir of the benchmark's in-process engine.
     pub fn inproc_run_dir(&self) -> PathBuf {
         self.path.join("run-inproc")
+    }
+    /// The btrfs's mount point (`b/`).
+    pub fn btrfs_mnt(&self) -> PathBuf {
+        self.path.join("b")
+    }
+    pub fn btrfs_device(&self) -> Option<String> {
+        self.bfs.as_ref().and_then(|f| f.device.clone())
     }
     pub fn loop_device(&self) -> String {
         self.fs
@@ -366,7 +406,7 @@ impl Drop for World {
         ];
         teardown(
             self.daemon.take(),
-            self.fs.take(),
+            [self.bfs.take(), self.fs.take()],
             self.bus.take(),
             self.dir.take(),
             &extra,

@@ -104,6 +104,7 @@ fn engine_config(c: &Config) -> EngineConfig {
                     critical_percent: p.monitor.critical_percent,
                     min_free_percent: p.monitor.min_free_percent,
                     balance_unallocated_percent: p.monitor.balance_unallocated_percent,
+                    autoextend_max: Some(p.monitor.autoextend_max),
                 },
             })
             .collect(),

@@ -659,3 +659,277 @@ fn balance_cancelled_midway() {
         64 * MIB as usize
     );
 }
+
+/// Writes `len` bytes into `path` in 1 MiB chunks, then fsync; returns the
+/// bytes written and the first error (write or fsync), if any.
+fn fill(path: &Path, len: u64) -> (u64, Option<std::io::Error>) {
+    use std::io::Write;
+    let mut f = fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; MIB as usize];
+    let mut done = 0;
+    while done < len {
+        if let Err(e) = f.write_all(&chunk) {
+            return (done, Some(e));
+        }
+        done += MIB;
+    }
+    (done, f.sync_all().err())
+}
+
+/// Names of the entries of a pool directory (to see that nothing was made).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn sized(size: &str) -> HashMap<String, String> {
+    let mut m = default_labels();
+    m.insert("layerd.io/size".into(), size.into());
+    m
+}
+
+/// `layerd.io/size` on a btrfs pool: quotas get enabled, the layer's
+/// qgroup limits its exclusive bytes (a write past it fails with EDQUOT in
+/// the layer, while a layer without the label writes on), a child's limit
+/// counts only what it adds to its parent, and a bad value is
+/// InvalidArgument naming label and value, with nothing created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_label_sets_a_qgroup_limit() {
+    let Some(f) = Fixture::new(common::Backend::Btrfs).await else {
+        return;
+    };
+    let pool = f.pool_path();
+    assert!(
+        !sysbtrfs::quota_enabled(&pool).unwrap(),
+        "a fresh btrfs has quotas off"
+    );
+
+    // Bad values: nothing is created, quotas stay off.
+    let before = entries(&pool);
+    for bad in ["12Q", "", "1.5G", "0", "-1M"] {
+        let e = assert_dbus_err!(
+            f.mgr.prepare("bad", "", sized(bad)).await,
+            "InvalidArgument",
+            "size {bad:?}"
+        );
+        let msg = err_message(&e).unwrap();
+        assert!(
+            msg.contains("layerd.io/size") && msg.contains(&format!("{bad:?}")),
+            "message should name the label and the value: {msg}"
+        );
+        assert_dbus_err!(f.mgr.stat("bad").await, "NotFound");
+    }
+    assert_eq!(
+        entries(&pool),
+        before,
+        "a rejected Prepare created something"
+    );
+    assert!(!sysbtrfs::quota_enabled(&pool).unwrap());
+
+    // A 32 MiB limit: the first layer with one enables quotas.
+    f.prepare_with("lim", "", sized("32M")).await;
+    assert!(sysbtrfs::quota_enabled(&pool).unwrap(), "quotas enabled");
+    let p = must(f.mgr.mount("lim").await, "Mount lim");
+    let (written, err) = fill(&Path::new(&p).join("f"), 64 * MIB);
+    let err = err.expect("writing 64 MiB into a 32 MiB layer must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    assert!(
+        (16 * MIB..=32 * MIB).contains(&written),
+        "EDQUOT after {written} bytes, limit 32 MiB"
+    );
+    must(f.mgr.unmount("lim").await, "Unmount lim");
+
+    // A layer without the label is not limited.
+    f.prepare("free", "").await;
+    let p = must(f.mgr.mount("free").await, "Mount free");
+    let (written, err) = fill(&Path::new(&p).join("f"), 64 * MIB);
+    assert!(err.is_none(), "unlimited layer: {err:?} after {written}");
+    must(f.mgr.unmount("free").await, "Unmount free");
+
+    // A child's limit counts exclusive bytes: the parent's 64 MiB it
+    // shares do not count against its 16 MiB.
+    f.commit("free-c", "free").await;
+    f.prepare_with("child", "free-c", sized("16M")).await;
+    let p = must(f.mgr.mount("child").await, "Mount child");
+    let (_, err) = fill(&Path::new(&p).join("g"), 8 * MIB);
+    assert!(
+        err.is_none(),
+        "8 MiB in a 16 MiB child of a 64 MiB parent: {err:?}"
+    );
+    let (_, err) = fill(&Path::new(&p).join("h"), 32 * MIB);
+    assert_eq!(
+        err.map(|e| e.raw_os_error()),
+        Some(Some(libc::EDQUOT)),
+        "the child's own limit holds"
+    );
+    must(f.mgr.unmount("child").await, "Unmount child");
+    f.finish();
+}
+
+/// Drivers that cannot limit a layer refuse the label with NotSupported
+/// naming the driver, and create nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_label_refused_where_unsupported() {
+    let Some(f) = Fixture::new(common::Backend::OverlayXfs).await else {
+        return;
+    };
+    let before = entries(&f.pool_path());
+    let e = assert_dbus_err!(
+        f.mgr.prepare("lim", "", sized("512M")).await,
+        "NotSupported"
+    );
+    let msg = err_message(&e).unwrap();
+    assert!(
+        msg.contains("overlay") && msg.contains("layerd.io/size"),
+        "{msg}"
+    );
+    assert_dbus_err!(f.mgr.stat("lim").await, "NotFound");
+    assert_eq!(entries(&f.pool_path()), before);
+    // A bad value is still InvalidArgument (checked first).
+    assert_dbus_err!(
+        f.mgr.prepare("lim", "", sized("lots")).await,
+        "InvalidArgument"
+    );
+    f.finish();
+}
+
+async fn next_msg(s: &mut zbus::MessageStream) -> Option<zbus::Result<zbus::Message>> {
+    std::future::poll_fn(|cx| {
+        zbus::export::futures_core::Stream::poll_next(std::pin::Pin::new(&mut *s), cx)
+    })
+    .await
+}
+
+/// Waits for `Completed(success, message)` of the job at `path` on a
+/// stream subscribed before the job started.
+async fn job_completed(stream: &mut zbus::MessageStream, path: &str) -> (bool, String) {
+    let wait = async {
+        while let Some(msg) = next_msg(stream).await {
+            let msg = msg.expect("signal stream");
+            if msg.header().path().map(|p| p.as_str()) == Some(path) {
+                return msg.body().deserialize::<(bool, String)>().expect("(bs)");
+            }
+        }
+        panic!("signal stream ended");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no Completed for {path}"))
+}
+
+async fn completed_stream(conn: &zbus::Connection) -> zbus::MessageStream {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.layerd.Layerd1.Job")
+        .unwrap()
+        .member("Completed")
+        .unwrap()
+        .build();
+    zbus::MessageStream::for_match_rule(rule, conn, Some(64))
+        .await
+        .unwrap()
+}
+
+fn device_bytes(mnt: &Path) -> u64 {
+    sysbtrfs::devices(mnt)
+        .unwrap()
+        .iter()
+        .map(|d| d.total_bytes)
+        .sum()
+}
+
+/// Pool.Extend on a loop pool: a 1 GiB image grows by 512 MiB (still
+/// sparse), the loop device and the btrfs follow, DataSize and Unallocated
+/// rise over D-Bus, the job completes true, and after a restart and a
+/// "reboot" the larger image is attached again with its layers. Past
+/// `autoextend_max` the request is InvalidArgument naming the maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_loop_pool() {
+    if skip() {
+        return;
+    }
+    let mut w = World::new();
+    let mnt = w.state_dir().join("main");
+    let img = image_path(&mnt);
+    w.start(
+        vec![
+            ("backing".into(), toml_str("loop")),
+            ("size".into(), toml_str("1G")),
+            ("monitor.autoextend_max".into(), toml_str("2G")),
+        ],
+        &mnt,
+    )
+    .await;
+    let pool = w.pool().await;
+    let mgr = w.mgr().await;
+    must(mgr.prepare("a", "", l()).await, "Prepare a");
+    write_in(&mgr, "a", "f", 4 * MIB, 3).await;
+    let size0 = must(pool.data_size().await, "DataSize");
+    let unalloc0 = must(pool.unallocated().await, "Unallocated");
+    assert_eq!(device_bytes(&mnt), 1 << 30);
+
+    // Over the cap: 1 GiB + 1.5 GiB > 2 GiB.
+    let e = assert_dbus_err!(pool.extend(1536 * MIB).await, "InvalidArgument");
+    let msg = err_message(&e).unwrap();
+    assert!(
+        msg.contains("autoextend_max") && msg.contains(&(2u64 << 30).to_string()),
+        "{msg}"
+    );
+    assert_eq!(fs::metadata(&img).unwrap().len(), 1 << 30, "nothing grew");
+
+    let conn = w.conn.clone().unwrap();
+    let mut done = completed_stream(&conn).await;
+    let job = must(pool.extend(512 * MIB).await, "Extend");
+    let (ok, msg) = job_completed(&mut done, job.as_str()).await;
+    assert!(ok, "Extend job: {msg}");
+    let md = fs::metadata(&img).unwrap();
+    assert_eq!(md.len(), 1536 * MIB, "image grown by 512 MiB");
+    assert!(md.blocks() * 512 < 256 * MIB, "the image stays sparse");
+    assert_eq!(device_bytes(&mnt), 1536 * MIB, "btrfs resized");
+    let size1 = must(pool.data_size().await, "DataSize");
+    let unalloc1 = must(pool.unallocated().await, "Unallocated");
+    assert_eq!(unalloc1, unalloc0 + 512 * MIB, "Unallocated over D-Bus");
+    assert!(size1 >= size0 + 400 * MIB, "DataSize {size0} → {size1}");
+
+    // Restart, then "reboot" (unmounted, loop device gone): the larger
+    // image is attached and mounted again, layers intact.
+    w.daemon().restart(&conn).await.unwrap();
+    assert_eq!(device_bytes(&mnt), 1536 * MIB);
+    w.daemon().stop();
+    umount_all(&mnt).unwrap();
+    for d in loopdev::find_backing(&img).unwrap() {
+        loopdev::detach(&d).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !loopdev::find_backing(&img).unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "loop not detached");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    w.daemon().start(&conn).await.unwrap();
+    assert_eq!(fs::metadata(&img).unwrap().len(), 1536 * MIB);
+    assert_eq!(
+        device_bytes(&mnt),
+        1536 * MIB,
+        "re-attached at the new size"
+    );
+    let pool = w.pool().await;
+    assert_eq!(must(pool.unallocated().await, "Unallocated"), unalloc1);
+    let mgr = w.mgr().await;
+    assert_eq!(read_in(&mgr, "a", "f").await.len(), 4 * MIB as usize);
+}
+
+/// Extend on an `existing` btrfs is NotSupported naming the backing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_refused_on_existing_btrfs() {
+    let Some(f) = Fixture::new(common::Backend::Btrfs).await else {
+        return;
+    };
+    let pool = f.pool("main").await;
+    let e = assert_dbus_err!(pool.extend(512 * MIB).await, "NotSupported");
+    assert!(err_message(&e).unwrap().contains("existing"));
+    f.finish();
+}

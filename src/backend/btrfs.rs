@@ -84,15 +84,27 @@
 //! extents, and reflinks inside a layer count once. Not counted: dirty
 //! data not yet written back (it has no extent yet), and metadata blocks.
 //!
-//! Alternatives not taken: btrfs quotas (qgroups) would give exact
-//! "exclusive" numbers, but enabling them makes every extent change
+//! Usage stays this tree search even when quotas (qgroups) are enabled on
+//! the pool: a qgroup's "exclusive" bytes of a committed parent fall to
+//! almost nothing as soon as one child shares its extents (what Usage
+//! means is "what this layer wrote", not "what removing it would free"),
+//! and qgroup numbers are only current after a transaction commit, and
+//! wrong while the rescan that follows enabling quotas runs. FIEMAP's
+//! `FIEMAP_EXTENT_SHARED` flag has the same problem as qgroups for
+//! parents and needs a walk of the (untrusted) tree.
+//!
+//! # Size limits (qgroups)
+//!
+//! A layer created with the label `layerd.io/size` (the engine parses it
+//! and passes bytes; the backend never sees labels) gets a qgroup limit on
+//! its own level-0 qgroup `0/<subvolume id>`, on exclusive bytes (see
+//! [`Backend::limit_size`] on this type for why not referenced bytes).
+//! Writes past it fail with `EDQUOT` inside the layer. Quotas are off
+//! until the first such layer: enabling them makes every extent change
 //! account backrefs, which costs on every write and makes snapshot
-//! deletion and balance markedly slower, so layerd does not enable them.
-//! FIEMAP's `FIEMAP_EXTENT_SHARED` flag marks a committed parent's data as
-//! shared as soon as one child exists, so a parent would report nearly
-//! nothing, and it needs a walk of the (untrusted) tree. The optional
-//! per-layer limit through a qgroup (label `layerd.io/size`) is not built:
-//! it needs qgroups, and the backend never sees labels.
+//! deletion and balance slower, so pools that never limit a layer never
+//! pay for it. Once enabled (logged, and found again at open) they stay
+//! enabled.
 //!
 //! # Space
 //!
@@ -158,6 +170,9 @@ pub enum Setup {
 
 pub struct Btrfs {
     backing: &'static str,
+    /// Quotas (qgroups) are enabled on this file system: found so at open,
+    /// or enabled by the first layer with a size limit.
+    quotas: AtomicBool,
     /// The directory holding the layers (the pool's mount point).
     root: PathBuf,
     /// The block device named in mount specs.
@@ -195,6 +210,7 @@ impl Btrfs {
                 }
                 mount_pool(device, mount, label, "device")?;
                 Btrfs {
+                    quotas: AtomicBool::new(false),
                     backing: "device",
                     root: mount.clone(),
                     device: device.clone(),
@@ -211,7 +227,10 @@ impl Btrfs {
                 _ => {}
             }
         }
-        tracing::info!(pool = %b.root.display(), device = %b.device.display(), backing = b.backing, "btrfs pool ready");
+        // Unknown counts as off: enabling again is harmless.
+        let quotas = sys::quota_enabled(&b.root).unwrap_or(false);
+        b.quotas.store(quotas, Ordering::Relaxed);
+        tracing::info!(pool = %b.root.display(), device = %b.device.display(), backing = b.backing, quotas, "btrfs pool ready");
         Ok(b)
     }
 
@@ -317,6 +336,7 @@ fn open_existing(path: &Path) -> Result<Btrfs, BackendError> {
         .map(|d| d.path.clone())
         .ok_or_else(|| unusable(path, "the btrfs reports no device"))?;
     Ok(Btrfs {
+        quotas: AtomicBool::new(false),
         backing: "existing",
         root: path.to_path_buf(),
         device,
@@ -369,6 +389,7 @@ fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError
         return Err(e);
     }
     Ok(Btrfs {
+        quotas: AtomicBool::new(false),
         backing: "loop",
         root: mount.to_path_buf(),
         device,
@@ -864,6 +885,98 @@ impl Backend for Btrfs {
         ctl.set_bytes(gained);
         ctl.set_progress(1.0);
         Ok(gained)
+    }
+
+    /// `loop`: the image grows by `bytes` (sparse), the loop device picks
+    /// up its new size (`LOOP_SET_CAPACITY`), and the btrfs device is
+    /// resized to the whole device. `device`: only the resize (the admin
+    /// grew the device). `existing`: not layerd's to grow. Returns the rise
+    /// of the btrfs device size.
+    fn extend(&self, bytes: u64, ctl: &JobControl) -> Result<u64, BackendError> {
+        if self.backing == "existing" {
+            return Err(BackendError::NotSupported(format!(
+                "the btrfs pool at {} has backing \"existing\": layerd did not make its file system and does not grow it; grow it with btrfs filesystem resize",
+                self.root.display()
+            )));
+        }
+        let devs = sys::devices(&self.root)
+            .map_err(|e| BackendError::io("btrfs device info", &self.root, e))?;
+        let dev = devs
+            .iter()
+            .find(|d| same_device(std::slice::from_ref(&d.path), &self.device))
+            .or(devs.first())
+            .cloned()
+            .ok_or_else(|| unusable(&self.root, "the btrfs reports no device"))?;
+        let before: u64 = devs.iter().map(|d| d.total_bytes).sum();
+        if self.backing == "loop" {
+            let image = image_path(&self.root);
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&image)
+                .map_err(|e| BackendError::io("open", &image, e))?;
+            let len = f
+                .metadata()
+                .map_err(|e| BackendError::io("stat", &image, e))?
+                .len();
+            let new = len.checked_add(bytes).ok_or_else(|| {
+                BackendError::NotSupported(format!("{len} + {bytes} bytes is too large"))
+            })?;
+            // Sparse: the host's space is taken only as layers write.
+            f.set_len(new)
+                .map_err(|e| BackendError::io("grow the pool image", &image, e))?;
+            f.sync_all()
+                .map_err(|e| BackendError::io("fsync", &image, e))?;
+            ctl.set_progress(0.3);
+            let loops = loopdev::find_backing(&image)
+                .map_err(|e| BackendError::io("find loop device", &image, e))?;
+            let ld = loops
+                .iter()
+                .find(|l| same_device(&[l.path()], &self.device))
+                .or(loops.first())
+                .ok_or_else(|| unusable(&image, "no loop device is bound to the pool image"))?;
+            loopdev::refresh_capacity(ld)
+                .map_err(|e| BackendError::io("refresh loop capacity", &ld.path(), e))?;
+            tracing::info!(image = %image.display(), from = len, to = new, "pool image grown");
+        }
+        ctl.set_progress(0.6);
+        sys::resize_max(&self.root, dev.devid)
+            .map_err(|e| BackendError::io("btrfs resize", &self.root, e))?;
+        let after: u64 = sys::devices(&self.root)
+            .map_err(|e| BackendError::io("btrfs device info", &self.root, e))?
+            .iter()
+            .map(|d| d.total_bytes)
+            .sum();
+        let grown = after.saturating_sub(before);
+        ctl.set_bytes(grown);
+        ctl.set_progress(1.0);
+        tracing::info!(pool = %self.root.display(), devid = dev.devid, before, after, "btrfs resized to its device");
+        Ok(grown)
+    }
+
+    fn can_limit_size(&self) -> bool {
+        true
+    }
+
+    /// A qgroup limit on the layer's own qgroup `0/<subvolume id>`, on
+    /// *exclusive* bytes (`max_excl`): what the layer adds beyond its
+    /// parent, the same quantity Usage reports, so the same label means the
+    /// same on any parent. A referenced-bytes limit would count the
+    /// parent's shared data too: a child of a 1 GiB image with a 512M limit
+    /// would be over it before its first write. (A parent cannot be removed
+    /// while it has children, so shared data never turns exclusive under a
+    /// child's limit.) Quotas are enabled on the pool the first time one is
+    /// needed, and stay enabled.
+    fn limit_size(&self, id: u64, bytes: u64) -> Result<(), BackendError> {
+        if !self.quotas.load(Ordering::Relaxed) {
+            sys::quota_enable(&self.root)
+                .map_err(|e| BackendError::io("enable btrfs quotas", &self.root, e))?;
+            if !self.quotas.swap(true, Ordering::Relaxed) {
+                tracing::info!(pool = %self.root.display(), "enabled btrfs quotas (qgroups) for a layer size limit");
+            }
+        }
+        let path = self.layer(id);
+        sys::qgroup_limit_exclusive(&path, bytes)
+            .map_err(|e| BackendError::io("set qgroup limit", &path, e))
     }
 
     fn read_token(&self) -> Result<Option<u64>, BackendError> {

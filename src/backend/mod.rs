@@ -172,6 +172,30 @@ pub trait Backend: Send + Sync {
     fn max_depth(&self) -> Option<usize> {
         None
     }
+    /// Grows the pool's storage by `bytes` (a loop image) or to what its
+    /// device now holds, and the file system over it; returns the bytes
+    /// the pool grew by.
+    fn extend(&self, bytes: u64, ctl: &JobControl) -> Result<u64, BackendError> {
+        let _ = (bytes, ctl);
+        Err(BackendError::NotSupported(format!(
+            "the {} driver cannot extend its pool",
+            self.driver()
+        )))
+    }
+    /// Whether [`Backend::limit_size`] works here; asked before anything
+    /// is created, so a layer that cannot get its limit is never made.
+    fn can_limit_size(&self) -> bool {
+        false
+    }
+    /// Caps the bytes layer `id` may hold beyond its parent (the
+    /// `layerd.io/size` label); writes past it fail with `EDQUOT`.
+    fn limit_size(&self, id: u64, bytes: u64) -> Result<(), BackendError> {
+        let _ = (id, bytes);
+        Err(BackendError::NotSupported(format!(
+            "the {} driver cannot limit a layer's size",
+            self.driver()
+        )))
+    }
 }
 
 /// Backend failures. Messages name the layer id, path and operation.

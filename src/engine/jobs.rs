@@ -34,7 +34,7 @@ use crate::backend::{BackendError, BalanceOptions, JobControl};
 use crate::engine::error::{Error, Result};
 use crate::engine::store::LastRun;
 use crate::engine::types::{now_us, Event, Health};
-use crate::engine::{lock, Driver, Engine};
+use crate::engine::{lock, Backing, Driver, Engine};
 
 pub type JobId = u64;
 
@@ -146,6 +146,9 @@ impl BalanceRequest {
 pub enum Outcome {
     Ok,
     Failed(String),
+    /// The work could not gain anything and says why (a balance on a pool
+    /// too full to relocate one chunk): a state of the pool, not a fault.
+    NoGain(String),
     Cancelled,
 }
 
@@ -160,7 +163,28 @@ impl Outcome {
         match self {
             Outcome::Ok => "ok".into(),
             Outcome::Failed(why) => format!("failed: {why}"),
+            Outcome::NoGain(why) => format!("no gain: {why}"),
             Outcome::Cancelled => "cancelled".into(),
+        }
+    }
+
+    /// The outcome of a job whose work failed with `e`. A balance that
+    /// gets ENOSPC found no room to relocate even one chunk (btrfs needs
+    /// unallocated space for the chunk it writes): the pool is full and
+    /// nothing could be gained, which the admin fixes by removing layers
+    /// or growing the pool, not by reading layerd's log.
+    pub fn of_error(operation: &str, e: &Error) -> Outcome {
+        let enospc = matches!(
+            e,
+            Error::Backend(BackendError::Io { source, .. })
+                if source.raw_os_error() == Some(libc::ENOSPC)
+        );
+        if operation == "balance" && enospc {
+            Outcome::NoGain(format!(
+                "nothing could be gained: the pool is full, with no unallocated space left to relocate a chunk into ({e}); remove layers or grow the pool (Extend)"
+            ))
+        } else {
+            Outcome::Failed(e.to_string())
         }
     }
 }
@@ -366,6 +390,7 @@ impl Jobs {
 enum Work {
     Trim,
     Balance(BalanceOptions),
+    Extend(u64),
 }
 
 impl Engine {
@@ -401,7 +426,27 @@ impl Engine {
                         "Extend needs a number of bytes to add, not 0".into(),
                     ));
                 }
-                return Err(Error::NotSupported(match driver {
+                if driver == Driver::Btrfs {
+                    if p.spec.backing == Backing::Existing {
+                        return Err(Error::NotSupported(format!(
+                            "pool {pool:?} has backing \"existing\": layerd did not make its btrfs and does not grow it (only loop and device backings extend)"
+                        )));
+                    }
+                    if p.spec.backing == Backing::Loop {
+                        if let Some(max) = p.spec.thresholds.autoextend_max {
+                            let now = backend.space()?.device_size.unwrap_or(0);
+                            let want = now.saturating_add(*bytes);
+                            if want > max {
+                                return Err(Error::InvalidArgument(format!(
+                                    "Extend by {bytes} bytes would grow pool {pool:?} from {now} to {want} bytes, above its maximum of {max} bytes (autoextend_max); ask for at most {} bytes or raise autoextend_max",
+                                    max.saturating_sub(now)
+                                )));
+                            }
+                        }
+                    }
+                    Work::Extend(*bytes)
+                } else {
+                    return Err(Error::NotSupported(match driver {
                     Driver::Overlay | Driver::Vfs => format!(
                         "pool {pool:?} is a directory pool ({} driver): it has the space of the file system holding {}; grow that file system instead",
                         driver.as_str(),
@@ -412,6 +457,7 @@ impl Engine {
                         d.as_str()
                     ),
                 }));
+                }
             }
         };
         {
@@ -506,6 +552,7 @@ impl Engine {
             let b = p.backend()?;
             match &work {
                 Work::Trim => Ok(b.trim(ctl)?),
+                Work::Extend(bytes) => Ok(b.extend(*bytes, ctl)?),
                 Work::Balance(opts) => {
                     tracing::info!(dusage = ?opts.dusage, musage = ?opts.musage, "balance filters");
                     Ok(b.balance(opts, ctl)?)
@@ -519,7 +566,7 @@ impl Engine {
         let (outcome, bytes) = match result {
             _ if ctl.is_cancelled() => (Outcome::Cancelled, ctl.bytes()),
             Ok(Ok(bytes)) => (Outcome::Ok, bytes),
-            Ok(Err(e)) => (Outcome::Failed(e.to_string()), ctl.bytes()),
+            Ok(Err(e)) => (Outcome::of_error(operation, &e), ctl.bytes()),
             Err(_) => (
                 Outcome::Failed("the job's thread panicked; see the log".into()),
                 ctl.bytes(),
@@ -551,6 +598,7 @@ impl Engine {
                 duration.as_secs_f64()
             ),
             Outcome::Failed(why) => format!("{operation} of pool {pool} failed: {why}"),
+            Outcome::NoGain(why) => format!("{operation} of pool {pool}: {why}"),
         };
         let duration_ms = duration.as_millis() as u64;
         match &outcome {
@@ -694,6 +742,37 @@ mod tests {
         let later = Instant::now() + KEEP_FOR + Duration::from_secs(1);
         assert_eq!(jobs.prune(later).len(), KEEP_FINISHED);
         assert_eq!(jobs.list().len(), 1);
+    }
+
+    #[test]
+    fn balance_enospc_is_no_gain() {
+        let io = |errno| {
+            Error::Backend(BackendError::io(
+                "balance metadata chunks",
+                std::path::Path::new("/p"),
+                std::io::Error::from_raw_os_error(errno),
+            ))
+        };
+        match Outcome::of_error("balance", &io(libc::ENOSPC)) {
+            Outcome::NoGain(m) => {
+                assert!(m.contains("nothing could be gained"), "{m}");
+                assert!(m.contains("remove layers or grow the pool"), "{m}");
+            }
+            o => panic!("ENOSPC in a balance is no gain, got {o:?}"),
+        }
+        assert!(!Outcome::of_error("balance", &io(libc::ENOSPC)).success());
+        assert!(Outcome::of_error("balance", &io(libc::ENOSPC))
+            .describe()
+            .starts_with("no gain: "));
+        // Other errors, and ENOSPC elsewhere, stay failures.
+        assert!(matches!(
+            Outcome::of_error("balance", &io(libc::EIO)),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            Outcome::of_error("trim", &io(libc::ENOSPC)),
+            Outcome::Failed(_)
+        ));
     }
 
     #[test]

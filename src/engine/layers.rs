@@ -22,6 +22,7 @@ impl Engine {
     ) -> Result<Vec<MountSpec>> {
         validate::key("key", key)?;
         validate::labels(&labels)?;
+        let size_limit = validate::size_label(&labels)?;
         if !parent.is_empty() {
             validate::key("parent", parent)?;
         }
@@ -62,6 +63,13 @@ impl Engine {
             };
             let pool_ref = self.get_pool(&pool)?;
             let backend = pool_ref.backend()?;
+            if size_limit.is_some() && !backend.can_limit_size() {
+                return Err(Error::NotSupported(format!(
+                    "label {}: pool {pool:?} uses the {} driver, which cannot limit a layer's size (btrfs pools can)",
+                    validate::SIZE_LABEL,
+                    backend.driver()
+                )));
+            }
             self.check_space(&pool)?;
             let parents = chain(|id| tx.get(id), parent_id)?;
             if let Some(max) = backend.max_depth() {
@@ -96,7 +104,11 @@ impl Engine {
 
         let pool = self.get_pool(&rec.pool)?;
         let backend = pool.backend()?;
-        let created = backend.create(layer_ref(&rec, &parents));
+        let created = backend.create(layer_ref(&rec, &parents)).and_then(|()| {
+            // The limit is part of creating the layer: a failure rolls
+            // the layer back like a failed create.
+            size_limit.map_or(Ok(()), |b| backend.limit_size(rec.id, b))
+        });
         fault::hit("prepare-backend");
         let result = created.map_err(Error::from).and_then(|()| {
             self.store.write(true, |tx| {

@@ -66,6 +66,9 @@ pub struct Thresholds {
     /// least `warning` and the engine starts a balance by itself (see
     /// autobalance.rs); 0 turns that off.
     pub balance_unallocated_percent: u8,
+    /// Loop backings: the largest the image may grow to by Extend (config
+    /// `autoextend_max`); `None` = no cap.
+    pub autoextend_max: Option<u64>,
 }
 
 impl Default for Thresholds {
@@ -75,6 +78,7 @@ impl Default for Thresholds {
             critical_percent: 90,
             min_free_percent: 10,
             balance_unallocated_percent: 10,
+            autoextend_max: None,
         }
     }
 }
@@ -423,6 +427,7 @@ impl Engine {
             ),
             jobs::Outcome::Cancelled => format!("balance job {id} was cancelled"),
             jobs::Outcome::Failed(e) => format!("balance job {id} failed: {e}"),
+            jobs::Outcome::NoGain(e) => format!("balance job {id}: {e}"),
         };
         let unallocated = p
             .backend
@@ -597,6 +602,7 @@ mod tests {
             critical_percent: 90,
             min_free_percent: 5,
             balance_unallocated_percent: 10,
+            autoextend_max: None,
         };
         assert_eq!(health_of(&space(10, 100), &t).0, Health::Ok);
         assert_eq!(health_of(&space(80, 100), &t).0, Health::Warning);

@@ -9,6 +9,24 @@ pub const MAX_KEY_BYTES: usize = 4096;
 pub const MAX_LABEL_BYTES: usize = 4096;
 /// The label that picks a parentless layer's pool.
 pub const POOL_LABEL: &str = "layerd.io/pool";
+/// The label that caps a new layer's own bytes (btrfs: a qgroup limit).
+pub const SIZE_LABEL: &str = "layerd.io/size";
+
+/// The byte limit the size label asks for, if any: a size as the config
+/// writes them (`"512M"`, `"2G"`), more than zero.
+pub fn size_label(labels: &BTreeMap<String, String>) -> Result<Option<u64>> {
+    let Some(v) = labels.get(SIZE_LABEL) else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        Error::InvalidArgument(format!("label {SIZE_LABEL}={:?}: {why}", truncate(v, 64)))
+    };
+    match crate::config::parse_size(v) {
+        Ok(0) => Err(bad("a layer's size limit must be more than 0".into())),
+        Ok(n) => Ok(Some(n)),
+        Err(e) => Err(bad(e)),
+    }
+}
 
 pub fn key(what: &str, key: &str) -> Result<()> {
     if key.is_empty() {

@@ -81,6 +81,14 @@ const VOL_NAME_MAX: usize = 255;
 const INODE_ITEM_KEY: u32 = 1;
 const EXTENT_DATA_KEY: u32 = 108;
 const ROOT_REF_KEY: u32 = 156;
+const QGROUP_STATUS_KEY: u32 = 240;
+const QGROUP_INFO_KEY: u32 = 242;
+/// `BTRFS_QUOTA_TREE_OBJECTID`.
+const QUOTA_TREE_OBJECTID: u64 = 8;
+/// `BTRFS_QUOTA_CTL_ENABLE`.
+const QUOTA_CTL_ENABLE: u64 = 1;
+/// `BTRFS_QGROUP_LIMIT_MAX_EXCL`.
+const QGROUP_LIMIT_MAX_EXCL: u64 = 1 << 1;
 
 // Block group / space info flags.
 pub const BLOCK_GROUP_DATA: u64 = 1 << 0;
@@ -105,6 +113,25 @@ const ERROR_DEV_EXCL_RUN_IN_PROGRESS: libc::c_int = 8;
 // ---------------------------------------------------------------------------
 // ioctl structures (linux/btrfs.h)
 // ---------------------------------------------------------------------------
+
+/// `struct btrfs_ioctl_quota_ctl_args`.
+#[repr(C)]
+struct QuotaCtlArgs {
+    cmd: u64,
+    status: u64,
+}
+
+/// `struct btrfs_ioctl_qgroup_limit_args` (with `struct btrfs_qgroup_limit`
+/// inlined).
+#[repr(C)]
+struct QgroupLimitArgs {
+    qgroupid: u64,
+    flags: u64,
+    max_rfer: u64,
+    max_excl: u64,
+    rsv_rfer: u64,
+    rsv_excl: u64,
+}
 
 /// `struct btrfs_ioctl_vol_args`.
 #[repr(C)]
@@ -299,6 +326,8 @@ const _: () = {
     assert!(size_of::<VolArgsV2>() == 4096);
     assert!(size_of::<InoLookupArgs>() == 4096);
     assert!(size_of::<SpaceArgs>() == 16);
+    assert!(size_of::<QuotaCtlArgs>() == 16);
+    assert!(size_of::<QgroupLimitArgs>() == 48);
     assert!(size_of::<SpaceInfoRaw>() == 24);
     assert!(size_of::<DevInfoArgs>() == 4096);
     assert!(size_of::<FsInfoArgs>() == 1024);
@@ -340,6 +369,9 @@ nix::ioctl_read!(ioc_get_subvol_info, IOC, 60, GetSubvolInfoArgs);
 nix::ioctl_readwrite!(ioc_tree_search_v2, IOC, 17, SearchArgsV2);
 nix::ioctl_read!(ioc_start_sync, IOC, 24, u64);
 nix::ioctl_none!(ioc_sync, IOC, 8);
+nix::ioctl_write_ptr!(ioc_resize, IOC, 3, VolArgs);
+nix::ioctl_readwrite!(ioc_quota_ctl, IOC, 40, QuotaCtlArgs);
+nix::ioctl_read!(ioc_qgroup_limit, IOC, 43, QgroupLimitArgs);
 nix::ioctl_write_ptr!(ioc_wait_sync, IOC, 22, u64);
 
 fn open_dir(path: &Path) -> io::Result<File> {
@@ -627,6 +659,116 @@ pub fn sync(path: &Path) -> io::Result<()> {
     // SAFETY: BTRFS_IOC_SYNC takes no argument.
     unsafe { ioc_sync(d.as_raw_fd()) }.map_err(errno)?;
     Ok(())
+}
+
+/// Grows (or shrinks) device `devid` of the file system holding `path` to
+/// the whole size of its block device (`BTRFS_IOC_RESIZE` with
+/// `"<devid>:max"`, as `btrfs filesystem resize <devid>:max`).
+pub fn resize_max(path: &Path, devid: u64) -> io::Result<()> {
+    let d = open_dir(path)?;
+    let arg = format!("{devid}:max");
+    // SAFETY: integers and arrays only.
+    let mut args = unsafe { zeroed::<VolArgs>() };
+    args.name[..arg.len()].copy_from_slice(arg.as_bytes());
+    // SAFETY: a NUL-terminated (zeroed tail) `btrfs_ioctl_vol_args` the
+    // kernel only reads.
+    unsafe { ioc_resize(d.as_raw_fd(), &*args) }.map_err(errno)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Quotas (qgroups)
+// ---------------------------------------------------------------------------
+
+/// Whether quotas are enabled on the file system holding `path`: the quota
+/// tree exists and holds its status item. Needs root (tree search).
+pub fn quota_enabled(path: &Path) -> io::Result<bool> {
+    let d = open_dir(path)?;
+    let key = SearchKey {
+        tree_id: QUOTA_TREE_OBJECTID,
+        min_objectid: 0,
+        max_objectid: 0,
+        min_type: QGROUP_STATUS_KEY,
+        max_type: QGROUP_STATUS_KEY,
+        min_offset: 0,
+        max_offset: u64::MAX,
+        min_transid: 0,
+        max_transid: u64::MAX,
+        ..Default::default()
+    };
+    let mut found = false;
+    match tree_search(&d, key, |h, _| found |= h.item_type == QGROUP_STATUS_KEY) {
+        // No quota tree: quotas were never enabled (or were disabled).
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        r => r.map(|()| found),
+    }
+}
+
+/// Enables quotas (full qgroup accounting) on the file system holding
+/// `path` (`BTRFS_IOC_QUOTA_CTL`, `BTRFS_QUOTA_CTL_ENABLE`). The kernel
+/// creates a level-0 qgroup for every existing subvolume, starts a rescan
+/// of existing data, and from then on gives each new subvolume its own
+/// qgroup `0/<subvolume id>`. Enabling twice is harmless.
+pub fn quota_enable(path: &Path) -> io::Result<()> {
+    let d = open_dir(path)?;
+    let mut args = QuotaCtlArgs {
+        cmd: QUOTA_CTL_ENABLE,
+        status: 0,
+    };
+    // SAFETY: a complete `btrfs_ioctl_quota_ctl_args`; the kernel reads
+    // `cmd` and may write `status`.
+    unsafe { ioc_quota_ctl(d.as_raw_fd(), &mut args) }.map_err(errno)?;
+    Ok(())
+}
+
+/// Limits the bytes exclusive to the subvolume whose root is `subvol`
+/// (its level-0 qgroup, `BTRFS_IOC_QGROUP_LIMIT` with
+/// `BTRFS_QGROUP_LIMIT_MAX_EXCL`). Writes that would pass it fail with
+/// `EDQUOT`. Quotas must be enabled (`ENOTCONN` otherwise).
+pub fn qgroup_limit_exclusive(subvol: &Path, bytes: u64) -> io::Result<()> {
+    let d = open_dir(subvol)?;
+    let id = subvolume_id(subvol)?;
+    let mut args = QgroupLimitArgs {
+        // Level 0: the qgroup id is the subvolume id.
+        qgroupid: id,
+        flags: QGROUP_LIMIT_MAX_EXCL,
+        max_rfer: 0,
+        max_excl: bytes,
+        rsv_rfer: 0,
+        rsv_excl: 0,
+    };
+    // SAFETY: a complete `btrfs_ioctl_qgroup_limit_args`; the kernel only
+    // reads it (the `_IOR` direction in linux/btrfs.h is historical).
+    unsafe { ioc_qgroup_limit(d.as_raw_fd(), &mut args) }.map_err(errno)?;
+    Ok(())
+}
+
+/// Referenced and exclusive bytes of qgroup `0/<subvolume id>` as the quota
+/// tree holds them (updated at transaction commits; `None` if the qgroup
+/// does not exist).
+pub fn qgroup_info(path: &Path, subvolume_id: u64) -> io::Result<Option<(u64, u64)>> {
+    let d = open_dir(path)?;
+    let key = SearchKey {
+        tree_id: QUOTA_TREE_OBJECTID,
+        min_objectid: 0,
+        max_objectid: 0,
+        min_type: QGROUP_INFO_KEY,
+        max_type: QGROUP_INFO_KEY,
+        min_offset: subvolume_id,
+        max_offset: subvolume_id,
+        min_transid: 0,
+        max_transid: u64::MAX,
+        ..Default::default()
+    };
+    let mut out = None;
+    // `struct btrfs_qgroup_info_item`: generation, rfer, rfer_cmpr, excl,
+    // excl_cmpr (little-endian u64s).
+    tree_search(&d, key, |h, b| {
+        if h.item_type == QGROUP_INFO_KEY && h.offset == subvolume_id {
+            out = Some((le64(b, 8), le64(b, 24)));
+        }
+    })?;
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------
