@@ -517,3 +517,113 @@ pub async fn broken_inputs(f: &mut Fixture) {
     }
     assert_trees_equal("neighbour layer", &other, &tree_of(f, "b/other").await);
 }
+
+/// A legacy Docker aufs tree laid out as moby's aufs driver does
+/// (`layers/<id>` ancestry nearest first, `diff/<id>` with `.wh.`
+/// whiteouts and aufs internals) imports as a chain of committed layers
+/// whose top shows the union.
+pub async fn aufs_import(f: &mut Fixture) {
+    let root = f.scratch("aufs");
+    let (l1, l2, l3) = (
+        "1f0e3dad99908345f7439f8ffabdffc4".repeat(2),
+        "2b4c6b0e8b0a4a8f9e1c3d5f7a9b1c3d".repeat(2),
+        "3c59dc048e8850243be8079a5c74d079".repeat(2) + "-init",
+    );
+    for d in ["layers", "diff", "mnt"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("layers").join(&l1), "").unwrap();
+    fs::write(root.join("layers").join(&l2), format!("{l1}\n")).unwrap();
+    fs::write(root.join("layers").join(&l3), format!("{l2}\n{l1}\n")).unwrap();
+    let d1 = root.join("diff").join(&l1);
+    let d2 = root.join("diff").join(&l2);
+    let d3 = root.join("diff").join(&l3);
+    apply(
+        &d1,
+        &[
+            create_dir("/etc", 0o755),
+            create_file("/etc/a", "a", 0o644),
+            create_file("/etc/b", "b", 0o600),
+            create_dir("/d", 0o755),
+            create_file("/d/x", "x", 0o644),
+            create_dir("/o", 0o700),
+            create_file("/o/p", "p", 0o644),
+            create_file("/.wh..wh.aufs", "", 0o600),
+            create_dir("/.wh..wh.plnk", 0o700),
+            create_file("/.wh..wh.plnk/1.2", "", 0o600),
+            create_dir("/.wh..wh.orph", 0o700),
+        ],
+    )
+    .unwrap();
+    apply(
+        &d2,
+        &[
+            create_dir("/etc", 0o755),
+            create_file("/etc/.wh.a", "", 0o444),
+            create_file("/etc/c", "c", 0o644),
+            create_dir("/o", 0o700),
+            create_file("/o/.wh..wh..opq", "", 0o444),
+            create_file("/o/new", "new", 0o644),
+            create_dir("/.wh..wh.plnk", 0o700),
+        ],
+    )
+    .unwrap();
+    apply(
+        &d3,
+        &[
+            create_dir("/d", 0o755),
+            create_file("/d/.wh.x", "", 0o444),
+            create_file("/top", "top", 0o644),
+        ],
+    )
+    .unwrap();
+    let names = must(
+        f.mgr
+            .import_aufs(&root.to_string_lossy(), "main", "aufs/")
+            .await,
+        "ImportAufs",
+    );
+    let want: Vec<String> = [&l1, &l2, &l3]
+        .iter()
+        .map(|i| format!("aufs/{i}"))
+        .collect();
+    assert_eq!(names, want);
+    let top = f.stat(&want[2]).await;
+    assert_eq!(top.kind, "committed");
+    assert_eq!(top.parent, want[1]);
+    assert_eq!(top.labels.get("layerd.io/aufs-id"), Some(&l3));
+    assert_eq!(f.stat(&want[1]).await.parent, want[0]);
+    let t = committed_tree(f, &want[2]).await;
+    let got: Vec<&str> = t.keys().map(String::as_str).collect();
+    assert_eq!(
+        got,
+        ["d", "etc", "etc/b", "etc/c", "o", "o/new", "top"],
+        "{t:#?}"
+    );
+    // Again with the same prefix: the names are taken, nothing changes.
+    let e = f
+        .mgr
+        .import_aufs(&root.to_string_lossy(), "main", "aufs/")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err_name(&e).as_deref(),
+        Some("org.layerd.Layerd1.Error.AlreadyExists"),
+        "{}",
+        describe(&e)
+    );
+    // An inconsistent tree is refused before anything is written.
+    fs::write(root.join("layers").join(&l3), "nosuchparent\n").unwrap();
+    let e = f
+        .mgr
+        .import_aufs(&root.to_string_lossy(), "main", "other/")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err_name(&e).as_deref(),
+        Some("org.layerd.Layerd1.Error.InvalidArgument"),
+        "{}",
+        describe(&e)
+    );
+    assert!(f.walk_names(&["name~=^other/"]).await.is_empty());
+}

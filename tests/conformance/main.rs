@@ -107,5 +107,6 @@ suite! {
         apply_needs_active,
         hostile_tars,
         broken_inputs,
+        aufs_import,
     ]
 }
