@@ -226,6 +226,21 @@ pub fn full_tree(root: &Path) -> BTreeMap<String, String> {
         }
     }
     walk(root, root, &mut out, &mut groups);
+    // A group with one member in the tree is no hard link of the tree's
+    // (overlay shows a lower inode's nlink after its sibling was copied up).
+    let mut members: BTreeMap<String, usize> = BTreeMap::new();
+    for v in out.values() {
+        if let Some((_, g)) = v.split_once(" link-group ") {
+            *members.entry(g.to_string()).or_default() += 1;
+        }
+    }
+    for v in out.values_mut() {
+        if let Some((head, g)) = v.split_once(" link-group ") {
+            if members.get(g) == Some(&1) {
+                *v = head.to_string();
+            }
+        }
+    }
     out
 }
 
