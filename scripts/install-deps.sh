@@ -2,7 +2,8 @@
 # Installs the Debian/Ubuntu packages layerd's build and host test tier need.
 # Idempotent; runs apt-get update only when something is missing.
 set -euo pipefail
-pkgs=(btrfs-progs xfsprogs e2fsprogs dbus util-linux kmod attr libcap2-bin)
+# gcc, libc6-dev: the zstd crate builds libzstd; tar: tests/diff.rs compares with GNU tar.
+pkgs=(btrfs-progs xfsprogs e2fsprogs dbus util-linux kmod attr libcap2-bin gcc libc6-dev tar)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
