@@ -9,6 +9,7 @@
 #[allow(unused_macros, unused_imports, dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod diff;
 mod floor;
 mod inproc;
 mod stats;
@@ -47,6 +48,7 @@ struct Opts {
     image_size: u64,
     daemon_log: String,
     pause: u64,
+    diff_reps: usize,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -92,6 +94,7 @@ impl Opts {
             image_size: env_num("LAYERD_BENCH_IMAGE_GIB", 4u64).max(1) << 30,
             daemon_log: std::env::var("LAYERD_BENCH_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
             pause: env_num("LAYERD_BENCH_PAUSE", 0u64),
+            diff_reps: env_num("LAYERD_BENCH_DIFF_REPS", 3usize),
         }
     }
 }
@@ -1231,10 +1234,20 @@ fn scale_json(s: &ScaleResult) -> Value {
 // Main
 // ---------------------------------------------------------------------------
 
-async fn measure(
-    w: &mut World,
-    o: &Opts,
-) -> Result<(Vec<PoolResult>, Option<ScaleResult>), String> {
+type Measured = (Vec<PoolResult>, Option<ScaleResult>, Option<Value>);
+
+async fn measure(w: &mut World, o: &Opts) -> Result<Measured, String> {
+    let diffs = if o.diff_reps > 0 {
+        eprintln!(
+            "[diff] Apply/Export throughput, {} repetitions",
+            o.diff_reps
+        );
+        let (rows, input) = diff::diff_throughput(w, o.diff_reps, o.vfs).await?;
+        diff::print(&rows, input, o.diff_reps);
+        Some(diff::json(&rows, input))
+    } else {
+        None
+    };
     let ip_dir = w.mnt().join("inproc");
     floor::mkdir(&ip_dir, 0o755)?;
     let bdir = w.btrfs_device().map(|_| w.btrfs_mnt().join("inproc"));
@@ -1261,7 +1274,7 @@ async fn measure(
         None
     };
 
-    Ok((pools, scale))
+    Ok((pools, scale, diffs))
 }
 
 async fn run(o: Opts) -> Result<(), String> {
@@ -1305,7 +1318,7 @@ async fn run(o: Opts) -> Result<(), String> {
     );
 
     let measured = measure(&mut w, &o).await;
-    let (pools, scale) = match measured {
+    let (pools, scale, diffs) = match measured {
         Ok(v) => v,
         Err(e) => {
             let log = w.daemon_log();
@@ -1337,6 +1350,7 @@ async fn run(o: Opts) -> Result<(), String> {
             "store": p.store.iter().map(|(n, s)| json!({ "name": n, "samples": s.json() })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "scale": scale.as_ref().map(scale_json),
+        "diff": diffs,
     });
     println!();
     println!("{report}");

@@ -10,6 +10,8 @@ pkgs+=(clang pkg-config libdevmapper-dev)
 # Kernel tier (scripts/test-kernel.sh): Debian's kernel booted under qemu by
 # virtme-ng, since the host kernel has no device-mapper.
 pkgs+=(linux-image-amd64 busybox-static qemu-system-x86 thin-provisioning-tools)
+# gcc, libc6-dev: the zstd crate builds libzstd; tar: tests/diff.rs compares with GNU tar.
+pkgs+=(gcc libc6-dev tar)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

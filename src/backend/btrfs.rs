@@ -132,7 +132,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::dirpool::remove_all_if_exists;
-use crate::backend::{Backend, BackendError, BalanceOptions, Found, JobControl, LayerRef, Space};
+use crate::backend::{
+    Backend, BackendError, BalanceOptions, DiffTree, Found, JobControl, LayerRef, Space,
+};
 use crate::engine::types::Kind;
 use crate::sys::btrfs as sys;
 use crate::sys::loopdev;
@@ -751,6 +753,12 @@ impl Backend for Btrfs {
             }));
         }
         Ok(())
+    }
+
+    fn diff_tree(&self, l: LayerRef<'_>) -> Result<DiffTree, BackendError> {
+        // A subvolume is the layer's whole tree; its parent's snapshot
+        // sits beside it, so Export compares the two directly.
+        Ok(DiffTree::Full(self.layer(l.id)))
     }
 
     fn usage(&self, l: LayerRef<'_>) -> Result<(u64, u64), BackendError> {

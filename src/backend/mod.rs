@@ -96,6 +96,22 @@ pub enum Found {
     Unknown(PathBuf),
 }
 
+/// How Apply and Export reach a layer's files (see `Backend::diff_tree`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiffTree {
+    /// A directory holding only this layer's changes, with overlayfs's
+    /// native whiteouts: a 0/0 character device for a deleted name and
+    /// `trusted.overlay.opaque=y` on a directory that hides its lower one.
+    Upper(PathBuf),
+    /// A directory holding the layer's whole tree (its parent's files plus
+    /// its changes); a deletion is a real deletion.
+    Full(PathBuf),
+    /// Not reachable as a directory: the engine mounts the layer with
+    /// `Backend::mount` into a private directory under its run directory
+    /// and works on the whole tree there, as for `Full`.
+    Mount,
+}
+
 /// A layer's place in its chain, as backends need it.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerRef<'a> {
@@ -168,6 +184,17 @@ pub trait Backend: Send + Sync {
     fn read_token(&self) -> Result<Option<u64>, BackendError>;
     /// Writes the binding token durably.
     fn write_token(&self, token: u64) -> Result<(), BackendError>;
+    /// Where Apply writes and Export reads this layer's files. The default,
+    /// `Mount`, works for any driver whose `mount` does: the engine mounts
+    /// the layer (a committed parent is mounted as a `View` ref of its own
+    /// id, read-only) and deletes for real. Override it where the files sit
+    /// in a directory already (cheaper) or where the driver has its own
+    /// whiteout form (overlay).
+    fn diff_tree(&self, l: LayerRef<'_>) -> Result<DiffTree, BackendError> {
+        let _ = l;
+        Ok(DiffTree::Mount)
+    }
+
     /// The deepest chain (lower layers) this driver can mount, if limited.
     fn max_depth(&self) -> Option<usize> {
         None

@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::backend::dirpool::{remove_all_if_exists, DirPool};
-use crate::backend::{Backend, BackendError, Found, JobControl, LayerRef, Space};
+use crate::backend::{Backend, BackendError, DiffTree, Found, JobControl, LayerRef, Space};
 use crate::engine::types::Kind;
 use crate::sys::copytree::tree_usage;
 use crate::sys::mount::{self, max_mount_data, MountSpec};
@@ -159,6 +159,18 @@ impl Backend for Overlay {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    fn diff_tree(&self, l: LayerRef<'_>) -> Result<DiffTree, BackendError> {
+        let dir = self.dirs.layer(l.id);
+        // A parentless layer has nothing below to hide: its directory is
+        // its whole tree, so deletions are real (no stray whiteout devices
+        // in a bind-mounted root).
+        Ok(if l.parents.is_empty() {
+            DiffTree::Full(dir)
+        } else {
+            DiffTree::Upper(dir)
+        })
     }
 
     fn usage(&self, l: LayerRef<'_>) -> Result<(u64, u64), BackendError> {

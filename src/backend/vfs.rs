@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::backend::dirpool::DirPool;
-use crate::backend::{Backend, BackendError, Found, JobControl, LayerRef, Space};
+use crate::backend::{Backend, BackendError, DiffTree, Found, JobControl, LayerRef, Space};
 use crate::engine::types::Kind;
 use crate::sys::copytree::{copy_tree, tree_usage};
 use crate::sys::mount::{self, MountSpec};
@@ -82,6 +82,10 @@ impl Backend for Vfs {
 
     fn mount(&self, l: LayerRef<'_>, target: &Path) -> Result<(), BackendError> {
         Ok(mount::mount_spec(&self.spec(l), target)?)
+    }
+
+    fn diff_tree(&self, l: LayerRef<'_>) -> Result<DiffTree, BackendError> {
+        Ok(DiffTree::Full(self.dirs.layer(l.id)))
     }
 
     fn usage(&self, l: LayerRef<'_>) -> Result<(u64, u64), BackendError> {

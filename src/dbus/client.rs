@@ -60,6 +60,9 @@ pub trait Manager {
     fn mount(&self, key: &str) -> zbus::Result<String>;
     fn unmount(&self, key: &str) -> zbus::Result<()>;
     fn cleanup(&self) -> zbus::Result<u64>;
+    fn apply(&self, key: &str, fd: zbus::zvariant::Fd<'_>) -> zbus::Result<u64>;
+    fn export(&self, key: &str, fd: zbus::zvariant::Fd<'_>) -> zbus::Result<u64>;
+    fn import_aufs(&self, path: &str, pool: &str, key_prefix: &str) -> zbus::Result<Vec<String>>;
 
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

@@ -217,6 +217,57 @@ impl Manager {
         blocking(move || e.unmount(&key)).await
     }
 
+    /// Reads an OCI layer tar (plain, gzip or zstd) from `fd` into active
+    /// layer `key`; returns the content bytes of the files written. A
+    /// failure leaves the label layerd.io/apply-failed on the layer.
+    #[zbus(out_args("bytes"))]
+    async fn apply(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        key: String,
+        fd: zbus::zvariant::OwnedFd,
+    ) -> Result<u64, DbusError> {
+        self.access.require_root(conn, &hdr, "Apply").await?;
+        let e = self.engine.clone();
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+        blocking(move || e.apply(&key, file)).await
+    }
+
+    /// Writes the layer's changes against its parent into `fd` as an OCI
+    /// layer tar (whiteouts for deletions; a view's is empty); returns the
+    /// bytes written.
+    #[zbus(out_args("bytes"))]
+    async fn export(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        key: String,
+        fd: zbus::zvariant::OwnedFd,
+    ) -> Result<u64, DbusError> {
+        self.access.require_root(conn, &hdr, "Export").await?;
+        let e = self.engine.clone();
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+        blocking(move || e.export(&key, std::io::BufWriter::with_capacity(1 << 20, file))).await
+    }
+
+    /// Imports a legacy Docker aufs tree (layers/<id> ancestry files,
+    /// diff/<id> directories) at `path` into `pool` as committed layers
+    /// named `key_prefix` + aufs id, parents first; returns the names.
+    #[zbus(out_args("names"))]
+    async fn import_aufs(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        path: String,
+        pool: String,
+        key_prefix: String,
+    ) -> Result<Vec<String>, DbusError> {
+        self.access.require_root(conn, &hdr, "ImportAufs").await?;
+        let e = self.engine.clone();
+        blocking(move || e.import_aufs(std::path::Path::new(&path), &pool, &key_prefix)).await
+    }
+
     /// Frees the space of removed layers now; returns the bytes freed.
     #[zbus(out_args("bytes"))]
     async fn cleanup(

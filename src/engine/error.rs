@@ -68,6 +68,11 @@ pub enum Error {
         operation: &'static str,
         outcome: String,
     },
+    #[error("{key:?} is {kind}: only an active layer can take Apply")]
+    NotWritable { key: String, kind: Kind },
+    /// Boxed: the io::Error inside would make every Result large.
+    #[error(transparent)]
+    Diff(Box<crate::engine::diff::DiffError>),
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -87,7 +92,9 @@ impl Error {
             | IsCommitted { .. }
             | HasChildren { .. }
             | NotMounted { .. }
-            | JobFinished { .. } => ErrorKind::FailedPrecondition,
+            | JobFinished { .. }
+            | NotWritable { .. } => ErrorKind::FailedPrecondition,
+            Diff(e) => e.kind(),
             Busy { .. } | PoolBusy { .. } => ErrorKind::Busy,
             InvalidArgument(_) => ErrorKind::InvalidArgument,
             PoolFull { .. } => ErrorKind::PoolFull,
@@ -107,6 +114,12 @@ impl Error {
             Error::Backend(e) => e.errno(),
             _ => None,
         }
+    }
+}
+
+impl From<crate::engine::diff::DiffError> for Error {
+    fn from(e: crate::engine::diff::DiffError) -> Self {
+        Error::Diff(Box::new(e))
     }
 }
 

@@ -10,6 +10,7 @@
 //! finds half done.
 
 pub mod autobalance;
+pub mod diff;
 pub mod error;
 pub mod fault;
 pub mod filters;

@@ -12,7 +12,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "../common/difftools.rs"]
+mod difftools;
+
 mod contents;
+mod diff;
 mod lifecycle;
 mod metadata;
 mod space;
@@ -20,6 +24,7 @@ mod space;
 /// Every scenario, by name, for the generated tests.
 mod scenarios {
     pub use super::contents::*;
+    pub use super::diff::*;
     pub use super::lifecycle::*;
     pub use super::metadata::*;
     pub use super::space::*;
@@ -94,5 +99,14 @@ suite! {
         cleanup_returns_bytes,
         mount_refcount,
         pool_object,
+        // layer diffs (Apply, Export)
+        apply_keeps_metadata,
+        export_roundtrip_is_exact,
+        whiteouts,
+        export_mounted_changes,
+        apply_needs_active,
+        hostile_tars,
+        broken_inputs,
+        aufs_import,
     ]
 }

@@ -1,0 +1,286 @@
+//! Layer diffs: Apply (an OCI layer tar into an active layer), Export (a
+//! layer's changes against its parent as an OCI layer tar) and the import
+//! of legacy Docker aufs trees (aufs.rs), on every backend.
+//!
+//! Where the files are comes from `Backend::diff_tree`: an overlay upper
+//! directory (native whiteouts), a directory holding the whole tree (vfs,
+//! btrfs: real deletions, Export compares with the parent's tree), or
+//! nothing, in which case the layer is mounted under
+//! `<run_dir>/d/<id>.<n>` for the call and unmounted after.
+//!
+//! Apply returns the content bytes of the regular files it wrote
+//! (uncompressed, headers excluded); Export the bytes of tar it wrote.
+//! A view has no changes of its own: its Export is an empty tar.
+//! A failed Apply leaves the layer marked with the label
+//! `layerd.io/apply-failed` (the reason); such a layer is removable as
+//! any other, and nothing outside it was touched.
+
+pub mod apply;
+mod aufs;
+pub mod export;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{Mode, OFlags};
+
+use super::error::{Error, ErrorKind, Result};
+use super::types::{now_us, Kind, LayerRecord, State};
+use super::{layer_ref, Engine};
+use crate::backend::{BackendError, DiffTree, LayerRef};
+use crate::sys::mount;
+
+/// The label a failed Apply leaves on its layer.
+pub const APPLY_FAILED_LABEL: &str = "layerd.io/apply-failed";
+
+/// How whiteouts are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeMode {
+    /// overlay upper: 0/0 character devices and the opaque xattr.
+    Upper,
+    /// the whole tree: real deletions.
+    Full,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error("tar entry {entry:?}: {why}")]
+    Entry { entry: String, why: String },
+    #[error("{0}")]
+    Input(String),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tar entry {entry:?}: cannot set xattr {name}: {source}")]
+    Xattr {
+        entry: String,
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DiffError {
+    pub fn io(op: &'static str, path: &[u8], source: std::io::Error) -> Self {
+        DiffError::Io {
+            op,
+            path: String::from_utf8_lossy(path).into_owned(),
+            source,
+        }
+    }
+    pub fn xattr(entry: &str, name: &[u8], source: std::io::Error) -> Self {
+        DiffError::Xattr {
+            entry: entry.to_string(),
+            name: String::from_utf8_lossy(name).into_owned(),
+            source,
+        }
+    }
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DiffError::Entry { .. } | DiffError::Input(_) => ErrorKind::InvalidArgument,
+            DiffError::Io { source, .. } | DiffError::Xattr { source, .. } => {
+                match source.raw_os_error() {
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::PoolFull,
+                    // Names the file system cannot hold, xattrs it refuses:
+                    // the input is at fault.
+                    Some(libc::ENAMETOOLONG)
+                    | Some(libc::EINVAL)
+                    | Some(libc::ENOTSUP)
+                    | Some(libc::E2BIG)
+                    | Some(libc::ERANGE)
+                    | Some(libc::EPERM) => ErrorKind::InvalidArgument,
+                    Some(libc::EPIPE) => ErrorKind::InvalidArgument,
+                    _ => ErrorKind::Internal,
+                }
+            }
+        }
+    }
+}
+
+/// A layer's files for one call.
+struct Tree {
+    fd: OwnedFd,
+    mode: TreeMode,
+    _mounted: Unmount,
+}
+
+/// Unmounts and removes a private diff mount on drop.
+struct Unmount(Option<PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            if let Err(e) = mount::unmount(&p, false) {
+                tracing::warn!(path = %p.display(), error = %e, "unmounting a diff mount failed; detaching it");
+                let _ = mount::unmount(&p, true);
+            }
+            let _ = std::fs::remove_dir(&p);
+        }
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn open_root(p: &Path) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?)
+}
+
+impl Engine {
+    /// The files of a layer (`l.kind` decides a mount's writability).
+    fn diff_tree_of(&self, pool: &str, l: LayerRef<'_>) -> Result<Tree> {
+        let backend = self.get_pool(pool)?.backend()?;
+        let (dir, mode, mounted) = match backend.diff_tree(l)? {
+            DiffTree::Upper(p) => (p, TreeMode::Upper, None),
+            DiffTree::Full(p) => (p, TreeMode::Full, None),
+            DiffTree::Mount => {
+                let base = self.run_dir().join("d");
+                std::fs::create_dir_all(&base).map_err(|e| BackendError::io("mkdir", &base, e))?;
+                let target = base.join(format!("{}.{}", l.id, SEQ.fetch_add(1, Ordering::Relaxed)));
+                std::fs::create_dir(&target).map_err(|e| BackendError::io("mkdir", &target, e))?;
+                if let Err(e) = backend.mount(l, &target) {
+                    let _ = std::fs::remove_dir(&target);
+                    return Err(e.into());
+                }
+                (target.clone(), TreeMode::Full, Some(target))
+            }
+        };
+        let guard = Unmount(mounted);
+        let fd = open_root(&dir).map_err(|e| BackendError::io("open", &dir, e))?;
+        Ok(Tree {
+            fd,
+            mode,
+            _mounted: guard,
+        })
+    }
+
+    /// Apply(key, fd): unpacks the OCI layer tar read from `input` into
+    /// active layer `key`; returns the content bytes written.
+    pub fn apply(&self, key: &str, input: impl Read + Send) -> Result<u64> {
+        let (rec, parents) = self.lookup(key)?;
+        if rec.kind != Kind::Active {
+            return Err(Error::NotWritable {
+                key: key.to_string(),
+                kind: rec.kind,
+            });
+        }
+        if rec.state != State::Ready {
+            return Err(Error::Busy {
+                key: key.to_string(),
+                why: "another operation on it is in progress".into(),
+            });
+        }
+        let tree = self.diff_tree_of(&rec.pool, layer_ref(&rec, &parents))?;
+        let fd = tree
+            .fd
+            .try_clone()
+            .map_err(|e| BackendError::io("dup", Path::new("."), e))?;
+        let mut applier = apply::Applier::new(fd, tree.mode);
+        let r = applier.run(Box::new(input));
+        drop(tree);
+        match r {
+            Ok(done) => {
+                tracing::info!(pool = %rec.pool, layer = rec.id, bytes = done.bytes, entries = done.entries, "layer tar applied");
+                let _ = self.sample(&rec.pool, false);
+                Ok(done.bytes)
+            }
+            Err(e) => {
+                tracing::warn!(pool = %rec.pool, layer = rec.id, error = %e, entries = applier.done.entries, "apply failed; the layer is marked");
+                self.mark_failed(&rec, &e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
+    fn mark_failed(&self, rec: &LayerRecord, why: &str) {
+        let mut why: String = why.chars().take(512).collect();
+        if why.is_empty() {
+            why.push_str("failed");
+        }
+        let r = self.store.write(true, |tx| -> Result<()> {
+            if let Some(mut r) = tx.get(rec.id)? {
+                r.labels.insert(APPLY_FAILED_LABEL.to_string(), why.clone());
+                r.updated = now_us();
+                tx.put(&r)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!(layer = rec.id, error = %e, "cannot mark the layer as failed");
+        }
+    }
+
+    /// Export(key, fd): writes the layer's changes against its parent into
+    /// `out` as an OCI layer tar; returns the bytes written.
+    pub fn export(&self, key: &str, out: impl Write) -> Result<u64> {
+        let (rec, parents) = self.lookup(key)?;
+        let mut ex = export::Exporter::new(out);
+        if rec.kind != Kind::View {
+            // A committed layer is read through a read-only ref of itself.
+            let own_kind = if rec.kind == Kind::Active {
+                Kind::Active
+            } else {
+                Kind::View
+            };
+            let me = LayerRef {
+                id: rec.id,
+                kind: own_kind,
+                parents: &parents,
+            };
+            let tree = self.diff_tree_of(&rec.pool, me)?;
+            match (tree.mode, parents.first()) {
+                (TreeMode::Upper, _) => ex.walk_upper(&tree.fd)?,
+                (TreeMode::Full, None) => ex.walk_changes(&tree.fd, None)?,
+                (TreeMode::Full, Some(_)) => {
+                    let pref = LayerRef {
+                        id: parents[0],
+                        kind: Kind::View,
+                        parents: &parents[1..],
+                    };
+                    let ptree = self.diff_tree_of(&rec.pool, pref)?;
+                    ex.walk_changes(&tree.fd, Some(&ptree.fd))?;
+                }
+            }
+        }
+        let bytes = ex.finish()?;
+        tracing::info!(pool = %rec.pool, layer = rec.id, bytes, "layer exported");
+        Ok(bytes)
+    }
+
+    /// ImportAufs: see aufs.rs.
+    pub fn import_aufs(&self, root: &Path, pool: &str, prefix: &str) -> Result<Vec<String>> {
+        aufs::import(self, root, pool, prefix)
+    }
+
+    /// Prepare + Apply + Commit of one layer from a tar stream, for
+    /// imports. On failure the active layer is removed again.
+    fn import_layer(
+        &self,
+        name: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        input: impl Read + Send,
+    ) -> Result<()> {
+        let tmp = format!("{name}.importing");
+        self.create_layer(Kind::Active, &tmp, parent, labels.clone())?;
+        let r = self.apply(&tmp, input).and_then(|_| {
+            let mut labels = labels;
+            labels.remove(super::validate::POOL_LABEL);
+            self.commit(name, &tmp, labels)
+        });
+        if r.is_err() {
+            let _ = self.remove(&tmp);
+        }
+        r
+    }
+}
