@@ -14,6 +14,7 @@
 pub mod btrfs;
 pub mod dirpool;
 pub mod overlay;
+pub mod thin;
 pub mod vfs;
 
 use std::path::{Path, PathBuf};

@@ -102,6 +102,20 @@ pub struct PoolSpec {
     pub thresholds: Thresholds,
     /// Maintenance defaults for this pool (escalating balance filters).
     pub balance: backend::BalanceOptions,
+    /// Thin-only settings; `Some` exactly for `Driver::Thin`.
+    pub thin: Option<ThinSpec>,
+}
+
+/// The thin keys of a pool's config (DESIGN "Config shape").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThinSpec {
+    /// `backing = "device"`: the metadata device.
+    pub metadata_device: Option<PathBuf>,
+    /// Loop backing: metadata file size; `None` = the sizing rule.
+    pub metadata_size: Option<u64>,
+    pub block_size: u64,
+    pub base_size: u64,
+    pub fs: backend::thin::Fs,
 }
 
 /// Where the engine keeps things.
@@ -525,10 +539,49 @@ fn open_backend(
             };
             Ok(Box::new(Btrfs::open(&setup)?))
         }
-        d => Err(backend::BackendError::NotSupported(format!(
-            "driver {:?} is not in this build yet (available: overlay, vfs, btrfs)",
-            d.as_str()
-        ))),
+        Driver::Thin => {
+            use backend::thin::{Options, Setup, Thin};
+            let t = spec.thin.clone().unwrap_or(ThinSpec {
+                metadata_device: None,
+                metadata_size: None,
+                block_size: 64 << 10,
+                base_size: 10 << 30,
+                fs: backend::thin::Fs::Xfs,
+            });
+            let setup = match spec.backing {
+                Backing::Loop => Setup::Loop {
+                    dir: spec.path.clone(),
+                    size: spec.size.ok_or_else(|| {
+                        backend::BackendError::NotSupported(format!(
+                            "pool {:?}: a loop backing needs a size",
+                            spec.name
+                        ))
+                    })?,
+                    metadata_size: t.metadata_size,
+                },
+                Backing::Device => Setup::Device {
+                    data: spec.path.clone(),
+                    metadata: t.metadata_device.clone().ok_or_else(|| {
+                        backend::BackendError::NotSupported(format!(
+                            "pool {:?}: a thin pool with backing = \"device\" needs metadata_device",
+                            spec.name
+                        ))
+                    })?,
+                },
+                Backing::Existing => Setup::Existing {
+                    pool: spec.path.clone(),
+                },
+            };
+            let opts = Options {
+                setup,
+                block_size: t.block_size,
+                base_size: t.base_size,
+                fs: t.fs,
+                warn_percent: spec.thresholds.warn_percent,
+                work_dir: state_dir.join(&spec.name),
+            };
+            Ok(Box::new(Thin::open(&spec.name, &opts)?))
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! (classic and the new mount API), /proc/self/mountinfo, tree copies.
 //! Nothing here knows about layers, keys or pools.
 
+pub mod blockdev;
 pub mod btrfs;
 pub mod copytree;
 pub mod loopdev;

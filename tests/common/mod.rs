@@ -27,6 +27,28 @@ pub use layerd::dbus::client::{ManagerProxy, MountSpec, PoolProxy, StatReply, Wa
 
 use zbus::proxy::CacheProperties;
 
+/// Base directory of fixture directories: `/tmp`, or `$LAYERD_TEST_TMP`
+/// (the kernel-tier VM points it at a fresh tmpfs, since its `/tmp` is an
+/// overlay over the host's). Keep it short: the bus socket lives under it.
+pub fn test_tmp() -> PathBuf {
+    std::env::var_os("LAYERD_TEST_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// Kernel-tier tests (`tests/kernel_*.rs`, `#[ignore]`d so the host run
+/// lists them as ignored) run inside the VM of `scripts/test-kernel.sh`, which
+/// sets `LAYERD_KERNEL_TIER=1`. Run anywhere else they fail instead of
+/// passing without having tested anything.
+pub fn require_kernel_tier(test: &str) {
+    if std::env::var_os("LAYERD_KERNEL_TIER").is_none() {
+        panic!("{test}: a kernel-tier test: run it with scripts/test-kernel.sh");
+    }
+    if !Path::new("/dev/mapper/control").exists() {
+        panic!("{test}: /dev/mapper/control is missing: modprobe dm-mod dm-thin-pool");
+    }
+}
+
 /// Well-known bus name the daemon owns once it is ready.
 pub const BUS_NAME: &str = "org.layerd.Layerd1";
 /// Prefix of every layerd D-Bus error name.
@@ -35,6 +57,17 @@ pub const ERROR_PREFIX: &str = "org.layerd.Layerd1.Error.";
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the daemon may take to exit after SIGTERM before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A harness deadline, stretched tenfold in the kernel-tier VM: qemu without
+/// KVM emulates the CPU, and a debug daemon takes tens of seconds to start.
+pub fn deadline(d: Duration) -> Duration {
+    if std::env::var_os("LAYERD_KERNEL_TIER").is_some() {
+        d * 10
+    } else {
+        d
+    }
+}
+
 /// Sparse size of each loop-backed image (xfs needs at least 300 MiB).
 pub const IMAGE_SIZE: u64 = 512 << 20;
 /// A label every helper puts on the layers it creates (containerd's suite
@@ -269,6 +302,49 @@ pub fn umount_all(path: &Path) -> Result<(), String> {
         umount_one(path).map_err(|e| format!("umount {}: {e}", path.display()))?;
     }
     Err(format!("{} is still a mount point", path.display()))
+}
+
+/// Removes the dm devices of thin pool `pool` (`layerd-<pool>-*`: layers and
+/// base, then the pool, then its linear devices) and detaches the loop
+/// devices of its files in `dir`. Test cleanup only: layerd never tears
+/// its pools down.
+pub fn teardown_thin_pool(pool: &str, dir: &Path) {
+    use devicemapper::{DevId, DmName, DmOptions, DM};
+    if let Ok(dm) = DM::new() {
+        let prefix = format!("layerd-{pool}-");
+        let names: Vec<String> = dm
+            .list_devices()
+            .map(|v| v.into_iter().map(|(n, _, _)| n.to_string()).collect())
+            .unwrap_or_default();
+        let rank = |n: &str| match n.strip_prefix(&prefix) {
+            Some("pool") => 1,
+            Some("meta") | Some("data") => 2,
+            _ => 0,
+        };
+        for r in 0..3 {
+            for n in names
+                .iter()
+                .filter(|n| n.starts_with(&prefix) && rank(n) == r)
+            {
+                if let Ok(name) = DmName::new(n) {
+                    if let Err(e) = dm.device_remove(&DevId::Name(name), DmOptions::default()) {
+                        eprintln!("fixture teardown: dm remove {n}: {e}");
+                    }
+                }
+                let _ = fs::remove_file(Path::new("/dev/mapper").join(n));
+            }
+        }
+    }
+    for f in ["data.img", "metadata.img"] {
+        let file = dir.join(f);
+        if let Ok(out) = Command::new("losetup").arg("-j").arg(&file).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(dev) = line.split(':').next() {
+                    let _ = Command::new("losetup").arg("-d").arg(dev).status();
+                }
+            }
+        }
+    }
 }
 
 /// Unmounts every mount at or beneath `dir`, lazily if a plain unmount keeps
@@ -519,7 +595,10 @@ pub enum Backend {
     /// btrfs driver, `backing = "existing"` on a loop-backed btrfs mounted
     /// by the harness (pool path = the mounted fs).
     Btrfs,
-    // Thin,    // driver "thin": kernel tier only (no device-mapper on the host)
+    /// thin driver, `backing = "loop"`: its data and metadata files live in
+    /// the pool directory on a loop-backed xfs. Kernel tier only (the host
+    /// kernel has no device-mapper): see [`Backend::unavailable`].
+    Thin,
 }
 
 impl Backend {
@@ -536,6 +615,7 @@ impl Backend {
             Backend::VfsXfs => "vfs_xfs",
             Backend::VfsExt4 => "vfs_ext4",
             Backend::Btrfs => "btrfs",
+            Backend::Thin => "thin",
         }
     }
     /// The `driver` key of the pool.
@@ -544,11 +624,12 @@ impl Backend {
             Backend::OverlayXfs => "overlay",
             Backend::VfsXfs | Backend::VfsExt4 => "vfs",
             Backend::Btrfs => "btrfs",
+            Backend::Thin => "thin",
         }
     }
     pub fn fs_kind(self) -> FsKind {
         match self {
-            Backend::OverlayXfs | Backend::VfsXfs => FsKind::Xfs,
+            Backend::OverlayXfs | Backend::VfsXfs | Backend::Thin => FsKind::Xfs,
             Backend::VfsExt4 => FsKind::Ext4,
             Backend::Btrfs => FsKind::Btrfs,
         }
@@ -559,11 +640,19 @@ impl Backend {
     pub fn is_btrfs(self) -> bool {
         self.driver() == "btrfs"
     }
+    pub fn is_thin(self) -> bool {
+        self.driver() == "thin"
+    }
     /// More `key = value` lines of the pool config: btrfs uses the file
     /// system the harness mounted (`backing = "existing"`).
     pub fn pool_extra(self) -> Vec<(String, String)> {
         match self {
             Backend::Btrfs => vec![("backing".into(), toml_str("existing"))],
+            // Small: a 2 GiB sparse data file; xfs needs at least 300 MB.
+            Backend::Thin => vec![
+                ("size".into(), toml_str("2G")),
+                ("base_size".into(), toml_str("512M")),
+            ],
             _ => vec![],
         }
     }
@@ -572,6 +661,22 @@ impl Backend {
     pub fn unavailable(self) -> Option<String> {
         if !nix::unistd::geteuid().is_root() {
             return Some("needs root (loop devices, mount)".into());
+        }
+        if self.is_thin() {
+            if std::env::var_os("LAYERD_KERNEL_TIER").is_none() {
+                return Some(
+                    "device-mapper runs in the kernel tier only (scripts/test-kernel.sh sets LAYERD_KERNEL_TIER=1)"
+                        .into(),
+                );
+            }
+            if !Path::new("/dev/mapper/control").exists() {
+                return Some("/dev/mapper/control is missing: modprobe dm-thin-pool".into());
+            }
+            if !in_path("thin_check") {
+                return Some(
+                    "thin_check is missing (apt-get install -y thin-provisioning-tools)".into(),
+                );
+            }
         }
         for tool in ["dbus-daemon", "losetup", "mount", self.fs_kind().mkfs()] {
             if !in_path(tool) {
@@ -759,7 +864,7 @@ impl Daemon {
             .await
             .map_err(|e| e.to_string())?;
         let name = zbus::names::BusName::try_from(BUS_NAME).unwrap();
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + self::deadline(READY_TIMEOUT);
         loop {
             if let Some(st) = self.is_running() {
                 return Err(format!(
@@ -773,7 +878,8 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = self.stop();
                 return Err(format!(
-                    "layerd did not own {BUS_NAME} within {READY_TIMEOUT:?}; its stderr:\n{}",
+                    "layerd did not own {BUS_NAME} within {:?}; its stderr:\n{}",
+                    self::deadline(READY_TIMEOUT),
                     self.log_text()
                 ));
             }
@@ -787,7 +893,7 @@ impl Daemon {
         let mut child = self.child.take()?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + self::deadline(STOP_TIMEOUT);
         loop {
             match child.try_wait() {
                 Ok(Some(st)) => return Some((st, false)),
@@ -1259,7 +1365,13 @@ pub struct Fixture {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     seq: AtomicUsize,
+    /// Thin fixtures: held for the fixture's life, since every fixture's
+    /// pool is `main` and dm names are host-wide (`layerd-main-pool`).
+    _thin: Option<std::sync::MutexGuard<'static, ()>>,
 }
+
+/// One thin fixture at a time per test process (see `Fixture::_thin`).
+static THIN_FIXTURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Fixture {
     /// Builds the world for `backend` and starts layerd. `None` (after a
@@ -1270,10 +1382,13 @@ impl Fixture {
             return None;
         }
         clear_umask();
+        let thin_guard = backend
+            .is_thin()
+            .then(|| THIN_FIXTURE.lock().unwrap_or_else(|p| p.into_inner()));
         let dir = tempfile::Builder::new()
             .prefix("ld.")
             .rand_bytes(6)
-            .tempdir_in("/tmp")
+            .tempdir_in(test_tmp())
             .expect("create fixture dir");
         let path = dir.path().to_path_buf();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
@@ -1312,6 +1427,7 @@ impl Fixture {
             dir: Some(dir),
             path,
             seq: AtomicUsize::new(0),
+            _thin: thin_guard,
         })
     }
 
@@ -1676,6 +1792,29 @@ impl Fixture {
             }
             return;
         }
+        if self.backend.is_thin() {
+            // (xfs, /dev/mapper/layerd-<pool>-<id>, [nouuid, ro|rw]) at any depth.
+            assert_eq!(ty, "xfs", "{ctx}: type");
+            assert!(
+                source.starts_with("/dev/mapper/layerd-main-"),
+                "{ctx}: source {source} is not the layer's thin device"
+            );
+            let md = fs::metadata(source).unwrap_or_else(|e| panic!("{ctx}: source {source}: {e}"));
+            assert!(
+                std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type()),
+                "{ctx}: source {source} is not a block device"
+            );
+            assert!(has("nouuid"), "{ctx}: snapshots share the xfs UUID: nouuid");
+            if view {
+                assert!(has("ro") && !has("rw"), "{ctx}: a view must be read-only");
+            } else {
+                assert!(
+                    has("rw") && !has("ro"),
+                    "{ctx}: an active layer must be writable"
+                );
+            }
+            return;
+        }
         let bind = !self.backend.is_overlay() || depth == 0 || (view && depth == 1);
         if bind {
             assert!(
@@ -1795,6 +1934,12 @@ impl Drop for Fixture {
                 );
             }
             drop(d);
+        }
+        if self.backend.is_thin() {
+            // The daemon leaves its pool active (as LVM does); the test's
+            // pool must go before its file system can.
+            unmount_under(&self.path.join("r"));
+            teardown_thin_pool("main", &self.pool_path());
         }
         drop(self.fs.take());
         drop(self.bus.take());
