@@ -100,6 +100,8 @@ fn engine_config(c: &Config) -> EngineConfig {
                         config::ThinFs::Xfs => layerd::backend::thin::Fs::Xfs,
                         config::ThinFs::Ext4 => layerd::backend::thin::Fs::Ext4,
                     },
+                    autoextend_percent: p.monitor.autoextend_percent,
+                    autoextend_max: p.monitor.autoextend_max,
                 }),
                 balance: layerd::backend::BalanceOptions {
                     dusage: p.maintenance.balance_dusage.clone(),

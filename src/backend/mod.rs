@@ -164,6 +164,13 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// Grows the pool's storage by its configured step when it can (a
+    /// loop-backed thin pool); the new data size, or `None` when nothing
+    /// can grow. The engine calls it when Health reaches `warning`.
+    fn extend_auto(&self) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
+
     /// The token binding this storage to a store (see engine/recovery.rs),
     /// if one was written.
     fn read_token(&self) -> Result<Option<u64>, BackendError>;

@@ -157,6 +157,10 @@ pub struct Options {
     /// Where the token lives for `device`/`existing` backings (the loop
     /// backing keeps it in its directory).
     pub work_dir: PathBuf,
+    /// Loop backing: each automatic extension grows the data file by this
+    /// percent of its size, up to `autoextend_max` bytes (0 = never).
+    pub autoextend_percent: u8,
+    pub autoextend_max: u64,
 }
 
 /// Metadata size for `data_size` bytes of `block_size` blocks (module doc).
@@ -188,6 +192,15 @@ pub struct Thin {
     pending: Mutex<BTreeSet<u64>>,
     /// Pool bytes freed by removals since the last `purge`.
     freed: AtomicU64,
+    /// Loop backing: the data file and the growth policy.
+    grow: Option<Grow>,
+}
+
+struct Grow {
+    data: PathBuf,
+    percent: u8,
+    max: u64,
+    warn_percent: u8,
 }
 
 fn unusable(path: &Path, why: impl Into<String>) -> BackendError {
@@ -215,6 +228,14 @@ fn dm_err(op: &'static str, what: &str, e: DmError) -> BackendError {
         path: blockdev::mapper_path(what),
         source,
     }
+}
+
+/// Options for layer devices: udev makes no by-uuid links or blkid scans
+/// for them (every layer's file system shares the base's UUID, and hosts
+/// must not auto-mount or scan layers), as Stratis does for its private
+/// devices; `/dev/mapper/<name>` is made by us where udev does not.
+fn dev_options() -> DmOptions {
+    DmOptions::private()
 }
 
 fn dm_name(s: &str) -> Result<&DmName, BackendError> {
@@ -349,6 +370,15 @@ impl Thin {
             lock: Mutex::new(()),
             pending: Mutex::new(BTreeSet::new()),
             freed: AtomicU64::new(0),
+            grow: match &o.setup {
+                Setup::Loop { dir, .. } if o.autoextend_percent > 0 => Some(Grow {
+                    data: dir.join("data.img"),
+                    percent: o.autoextend_percent,
+                    max: o.autoextend_max,
+                    warn_percent: o.warn_percent,
+                }),
+                _ => None,
+            },
         };
         t.ensure_base()?;
         tracing::info!(pool = name, dm = %t.pool_dm, backing, "thin pool ready");
@@ -387,7 +417,7 @@ impl Thin {
             Ok(info) => info,
             Err(_) => {
                 self.dm
-                    .device_create(n, None, DmOptions::default())
+                    .device_create(n, None, dev_options())
                     .map_err(|e| dm_err("create device", name, e))?;
                 let table = [(
                     0u64,
@@ -405,7 +435,7 @@ impl Thin {
                 match loaded {
                     Ok(info) => info,
                     Err(e) => {
-                        let _ = self.dm.device_remove(&DevId::Name(n), DmOptions::default());
+                        let _ = self.dm.device_remove(&DevId::Name(n), dev_options());
                         return Err(dm_err("activate thin device", name, e));
                     }
                 }
@@ -425,7 +455,7 @@ impl Thin {
             return Ok(true);
         }
         // The crate retries EBUSY a few times (udev may hold it briefly).
-        match self.dm.device_remove(&DevId::Name(n), DmOptions::default()) {
+        match self.dm.device_remove(&DevId::Name(n), dev_options()) {
             Ok(_) => {
                 blockdev::remove_mapper_node(name);
                 Ok(true)
@@ -439,7 +469,7 @@ impl Thin {
                 self.dm
                     .device_remove(
                         &DevId::Name(n),
-                        DmOptions::default().set_flags(DmFlags::DM_DEFERRED_REMOVE),
+                        dev_options().set_flags(DmFlags::DM_DEFERRED_REMOVE),
                     )
                     .map_err(|e| dm_err("deferred remove", name, e))?;
                 Ok(false)
@@ -735,6 +765,15 @@ fn activate_pool(
     let block_sectors = o.block_size / SECTOR;
     let total_blocks = *data.size() / block_sectors;
     let low_water = total_blocks * (100 - o.warn_percent.min(100) as u64) / 100;
+    // Queue writes while the pool can still grow (the daemon extends it
+    // from the warning level on); error them when nothing can grow, so a
+    // writer of a full pool gets ENOSPC instead of hanging.
+    let can_grow = matches!(setup, Setup::Loop { size, .. }
+        if o.autoextend_percent > 0 && *size < o.autoextend_max);
+    let mut features = vec!["skip_block_zeroing".to_string()];
+    if !can_grow {
+        features.push("error_if_no_space".to_string());
+    }
     let pool = ThinPoolDev::setup(
         dm,
         dm_name(pool_dm)?,
@@ -743,7 +782,7 @@ fn activate_pool(
         data,
         Sectors(block_sectors),
         DataBlocks(low_water),
-        vec!["skip_block_zeroing".to_string()],
+        features,
     )
     .map_err(|e| dm_err("activate thin pool", pool_dm, e))?;
     tracing::info!(
@@ -756,7 +795,107 @@ fn activate_pool(
     Ok(pool.device())
 }
 
+impl Thin {
+    /// Grows a loop pool's data file by its step (capped at the maximum),
+    /// refreshes the loop device's capacity and reloads the data and pool
+    /// tables with the new length and low water mark. At the maximum the
+    /// pool switches to `error_if_no_space`. `None` when it cannot grow.
+    fn grow_data(&self) -> Result<Option<u64>, BackendError> {
+        let Some(g) = &self.grow else {
+            return Ok(None);
+        };
+        let _l = crate::engine::lock(&self.lock);
+        let cur = fs::metadata(&g.data)
+            .map_err(|e| BackendError::io("stat", &g.data, e))?
+            .len();
+        if cur >= g.max {
+            return Ok(None);
+        }
+        let step = (cur / 100 * g.percent as u64).max(self.block_size);
+        let new = (cur + step).min(g.max) / self.block_size * self.block_size;
+        if new <= cur {
+            return Ok(None);
+        }
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&g.data)
+            .map_err(|e| BackendError::io("open", &g.data, e))?;
+        f.set_len(new)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| BackendError::io("grow", &g.data, e))?;
+        let lo = loopdev::find_backing(&g.data)
+            .map_err(|e| BackendError::io("find loop", &g.data, e))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| unusable(&g.data, "is not loop-attached"))?;
+        loopdev::refresh_capacity(&lo)
+            .map_err(|e| BackendError::io("refresh loop capacity", &lo.path(), e))?;
+        let sectors = new / SECTOR;
+        let data_name = format!("layerd-{}-data", self.name);
+        let pool_id = self.pool_id()?;
+        let (_, table) = self
+            .dm
+            .table_status(
+                &pool_id,
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .map_err(|e| dm_err("pool table", &self.pool_dm, e))?;
+        let line = table
+            .first()
+            .ok_or_else(|| unusable(&self.path, "the pool device has no table"))?;
+        let mut params =
+            devicemapper::ThinPoolTargetParams::from_str(&format!("{} {}", line.2, line.3))
+                .map_err(|e| dm_err("parse pool table", &self.pool_dm, e))?;
+        let blocks = sectors / (self.block_size / SECTOR);
+        params.low_water_mark = DataBlocks(blocks * (100 - g.warn_percent.min(100) as u64) / 100);
+        let at_max = new >= g.max;
+        if at_max {
+            params.feature_args.insert("error_if_no_space".to_string());
+        }
+        let data_id = DevId::Name(dm_name(&data_name)?);
+        let noflush = DmOptions::default().set_flags(DmFlags::DM_SUSPEND | DmFlags::DM_NOFLUSH);
+        self.dm
+            .device_suspend(&pool_id, noflush)
+            .map_err(|e| dm_err("suspend pool", &self.pool_dm, e))?;
+        let r = (|| -> Result<(), DmError> {
+            self.dm.table_load(
+                &data_id,
+                &[(
+                    0,
+                    sectors,
+                    "linear".into(),
+                    format!("{} 0", devno_dm(&lo.path())?),
+                )],
+                DmOptions::default(),
+            )?;
+            self.dm.device_suspend(&data_id, noflush)?;
+            self.dm.device_suspend(&data_id, DmOptions::default())?;
+            use devicemapper::TargetParams;
+            self.dm.table_load(
+                &pool_id,
+                &[(0, sectors, "thin-pool".into(), params.param_str())],
+                DmOptions::default(),
+            )?;
+            Ok(())
+        })();
+        // Resume whatever happened: a suspended pool blocks every writer.
+        let resumed = self.dm.device_suspend(&pool_id, DmOptions::default());
+        r.map_err(|e| dm_err("reload pool", &self.pool_dm, e))?;
+        resumed.map_err(|e| dm_err("resume pool", &self.pool_dm, e))?;
+        tracing::warn!(pool = %self.name, from = cur, to = new, at_max, "thin pool data extended");
+        Ok(Some(new))
+    }
+}
+
+fn devno_dm(p: &Path) -> Result<Device, DmError> {
+    devno(p).map_err(|e| DmError::Dm(devicemapper::ErrorEnum::Invalid, e.to_string()))
+}
+
 impl Backend for Thin {
+    fn extend_auto(&self) -> Result<Option<u64>, BackendError> {
+        self.grow_data()
+    }
+
     fn driver(&self) -> &'static str {
         "thin"
     }
@@ -782,7 +921,7 @@ impl Backend for Thin {
                     self.dm
                         .device_suspend(
                             &DevId::Name(n),
-                            DmOptions::default().set_flags(DmFlags::DM_SUSPEND),
+                            dev_options().set_flags(DmFlags::DM_SUSPEND),
                         )
                         .map_err(|e| dm_err("suspend origin", &origin_name, e))?;
                     Some(n)

@@ -116,6 +116,9 @@ pub struct ThinSpec {
     pub block_size: u64,
     pub base_size: u64,
     pub fs: backend::thin::Fs,
+    /// Loop backing: growth step in percent (0 = never) and limit, bytes.
+    pub autoextend_percent: u8,
+    pub autoextend_max: u64,
 }
 
 /// Where the engine keeps things.
@@ -247,6 +250,11 @@ impl Engine {
         self.events.subscribe()
     }
 
+    /// Whether any pool is a thin pool (the monitor then waits for dm events).
+    pub fn has_thin(&self) -> bool {
+        self.pools.values().any(|p| p.spec.driver == Driver::Thin)
+    }
+
     pub fn default_pool(&self) -> &str {
         &self.default_pool
     }
@@ -337,6 +345,27 @@ impl Engine {
             && (announce || new.health != old.health || new.layer_count != old.layer_count)
         {
             let _ = self.events.send(Event::PoolChanged(name.to_string()));
+        }
+        if new.health >= Health::Warning
+            && new.health != Health::ReadOnly
+            && new.health != Health::Failed
+            && self.me.get().is_some()
+        {
+            // Grow what can grow (a loop-backed thin pool), then look again:
+            // the level change back is announced like any other.
+            match backend.extend_auto() {
+                Ok(Some(size)) => {
+                    tracing::warn!(
+                        pool = name,
+                        size,
+                        health = new.health.as_str(),
+                        "pool extended automatically"
+                    );
+                    return self.sample(name, announce);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(pool = name, error = %e, "automatic extension failed"),
+            }
         }
         if let Some(space) = space_read {
             if self.auto_balance(name, p, &space) {
@@ -547,6 +576,8 @@ fn open_backend(
                 block_size: 64 << 10,
                 base_size: 10 << 30,
                 fs: backend::thin::Fs::Xfs,
+                autoextend_percent: 0,
+                autoextend_max: 0,
             });
             let setup = match spec.backing {
                 Backing::Loop => Setup::Loop {
@@ -579,6 +610,8 @@ fn open_backend(
                 fs: t.fs,
                 warn_percent: spec.thresholds.warn_percent,
                 work_dir: state_dir.join(&spec.name),
+                autoextend_percent: t.autoextend_percent,
+                autoextend_max: t.autoextend_max,
             };
             Ok(Box::new(Thin::open(&spec.name, &opts)?))
         }

@@ -5,6 +5,7 @@
 pub mod blockdev;
 pub mod btrfs;
 pub mod copytree;
+pub mod dmevent;
 pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;

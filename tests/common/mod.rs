@@ -793,8 +793,14 @@ impl Daemon {
         }
     }
 
+    /// The daemon binary: cargo's, or `$LAYERD_BIN` (the kernel tier runs a
+    /// snapshot copy, so a rebuild on the host cannot swap it mid-run).
     pub fn binary() -> &'static str {
-        env!("CARGO_BIN_EXE_layerd")
+        static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        BIN.get_or_init(|| {
+            std::env::var("LAYERD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_layerd").to_string())
+        })
+        .as_str()
     }
 
     /// The daemon's stderr so far (all starts), trimmed to its tail.
