@@ -1384,6 +1384,12 @@ impl Fixture {
     /// loud SKIP line) when the host lacks what the backend needs, unless
     /// `CI` is set: in CI nothing skips.
     pub async fn new(backend: Backend) -> Option<Fixture> {
+        Self::new_with(backend, &[]).await
+    }
+
+    /// Like [`Fixture::new`], with more (or other) `key = value` lines in
+    /// the pool's config (values TOML-encoded), e.g. a smaller thin pool.
+    pub async fn new_with(backend: Backend, extra: &[(&str, String)]) -> Option<Fixture> {
         if backend.skip(backend.name()) {
             return None;
         }
@@ -1410,7 +1416,14 @@ impl Fixture {
                 name: "main".into(),
                 driver: backend.driver().into(),
                 path: pool_path,
-                extra: backend.pool_extra(),
+                extra: {
+                    let mut e = backend.pool_extra();
+                    for (k, v) in extra {
+                        e.retain(|(ek, _)| ek != k);
+                        e.push((k.to_string(), v.clone()));
+                    }
+                    e
+                },
             }],
         };
         let mut daemon = Daemon::new(config, &path, &bus.address);
