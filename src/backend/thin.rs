@@ -600,7 +600,7 @@ impl Thin {
         if let Ok(mounts) = mountinfo::read_mountinfo() {
             if let Some(m) = mounts.iter().find(|m| m.source == src) {
                 if let Ok(st) = nix::sys::statvfs::statvfs(&m.mount_point) {
-                    return (st.files() as u64).saturating_sub(st.files_free() as u64);
+                    return st.files().saturating_sub(st.files_free());
                 }
             }
         }
