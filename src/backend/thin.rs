@@ -68,6 +68,19 @@
 //! A thin id whose device was still open cannot be deleted yet; `purge`
 //! retries it. `purge` reports the pool space freed since the last purge.
 //!
+//! # Growing and filling up
+//!
+//! The low water mark sits at the warning level, so crossing it raises a
+//! dm event; the monitor waits for those (`sys::dmevent`) and samples, and
+//! the engine calls [`Backend::extend_auto`] from the warning level on. A
+//! loop pool then grows its data file by `autoextend_percent` (capped at
+//! `autoextend_max`), refreshes the loop capacity and reloads the data and
+//! pool tables with the new length and low water mark. A pool that cannot
+//! grow (device backing, no autoextend, or at its maximum) carries
+//! `error_if_no_space`, so a writer of a full pool gets ENOSPC instead of
+//! hanging. Metadata is not extended yet (its size rule leaves room; its
+//! use is watched like data's).
+//!
 //! # Usage and space
 //!
 //! Usage is the layer's mapped data minus its parent's (or the base's):
@@ -805,6 +818,14 @@ impl Thin {
             return Ok(None);
         };
         let _l = crate::engine::lock(&self.lock);
+        // Several samplers (dm events, the timer, requests) may ask at
+        // once: grow only while the pool is still at the warning level.
+        if let ThinPoolStatus::Working(w) = self.pool_status()? {
+            let (used, total) = (*w.usage.used_data, *w.usage.total_data);
+            if total > 0 && used * 100 < total * g.warn_percent as u64 {
+                return Ok(None);
+            }
+        }
         let cur = fs::metadata(&g.data)
             .map_err(|e| BackendError::io("stat", &g.data, e))?
             .len();
