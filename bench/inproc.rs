@@ -32,6 +32,7 @@ fn pool_spec(name: &str, driver: Driver, path: std::path::PathBuf) -> PoolSpec {
             dusage: vec![0, 5, 10],
             musage: vec![0, 5],
         },
+        thin: None,
     }
 }
 

@@ -95,6 +95,18 @@ fn engine_config(c: &Config) -> EngineConfig {
                 },
                 path: p.path.clone(),
                 size: p.size,
+                thin: p.thin.as_ref().map(|t| engine::ThinSpec {
+                    metadata_device: t.metadata_device.clone(),
+                    metadata_size: t.metadata_size,
+                    block_size: t.block_size,
+                    base_size: t.base_size,
+                    fs: match t.fs {
+                        config::ThinFs::Xfs => layerd::backend::thin::Fs::Xfs,
+                        config::ThinFs::Ext4 => layerd::backend::thin::Fs::Ext4,
+                    },
+                    autoextend_percent: p.monitor.autoextend_percent,
+                    autoextend_max: p.monitor.autoextend_max,
+                }),
                 balance: layerd::backend::BalanceOptions {
                     dusage: p.maintenance.balance_dusage.clone(),
                     musage: p.maintenance.balance_musage.clone(),

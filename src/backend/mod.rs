@@ -14,6 +14,7 @@
 pub mod btrfs;
 pub mod dirpool;
 pub mod overlay;
+pub mod thin;
 pub mod vfs;
 
 use std::path::{Path, PathBuf};
@@ -177,6 +178,13 @@ pub trait Backend: Send + Sync {
             "balance is a btrfs operation; this pool's driver is {}",
             self.driver()
         )))
+    }
+
+    /// Grows the pool's storage by its configured step when it can (a
+    /// loop-backed thin pool); the new data size, or `None` when nothing
+    /// can grow. The engine calls it when Health reaches `warning`.
+    fn extend_auto(&self) -> Result<Option<u64>, BackendError> {
+        Ok(None)
     }
 
     /// The token binding this storage to a store (see engine/recovery.rs),

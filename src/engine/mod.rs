@@ -107,6 +107,23 @@ pub struct PoolSpec {
     pub thresholds: Thresholds,
     /// Maintenance defaults for this pool (escalating balance filters).
     pub balance: backend::BalanceOptions,
+    /// Thin-only settings; `Some` exactly for `Driver::Thin`.
+    pub thin: Option<ThinSpec>,
+}
+
+/// The thin keys of a pool's config (DESIGN "Config shape").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThinSpec {
+    /// `backing = "device"`: the metadata device.
+    pub metadata_device: Option<PathBuf>,
+    /// Loop backing: metadata file size; `None` = the sizing rule.
+    pub metadata_size: Option<u64>,
+    pub block_size: u64,
+    pub base_size: u64,
+    pub fs: backend::thin::Fs,
+    /// Loop backing: growth step in percent (0 = never) and limit, bytes.
+    pub autoextend_percent: u8,
+    pub autoextend_max: u64,
 }
 
 /// Where the engine keeps things.
@@ -242,6 +259,11 @@ impl Engine {
         self.events.subscribe()
     }
 
+    /// Whether any pool is a thin pool (the monitor then waits for dm events).
+    pub fn has_thin(&self) -> bool {
+        self.pools.values().any(|p| p.spec.driver == Driver::Thin)
+    }
+
     pub fn default_pool(&self) -> &str {
         &self.default_pool
     }
@@ -347,6 +369,27 @@ impl Engine {
             && (announce || new.health != old.health || new.layer_count != old.layer_count)
         {
             let _ = self.events.send(Event::PoolChanged(name.to_string()));
+        }
+        if new.health >= Health::Warning
+            && new.health != Health::ReadOnly
+            && new.health != Health::Failed
+            && self.me.get().is_some()
+        {
+            // Grow what can grow (a loop-backed thin pool), then look again:
+            // the level change back is announced like any other.
+            match backend.extend_auto() {
+                Ok(Some(size)) => {
+                    tracing::warn!(
+                        pool = name,
+                        size,
+                        health = new.health.as_str(),
+                        "pool extended automatically"
+                    );
+                    return self.sample(name, announce);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(pool = name, error = %e, "automatic extension failed"),
+            }
         }
         if let Some(space) = space_read {
             if self.auto_balance(name, p, &space) {
@@ -550,10 +593,53 @@ fn open_backend(
             };
             Ok(Box::new(Btrfs::open(&setup)?))
         }
-        d => Err(backend::BackendError::NotSupported(format!(
-            "driver {:?} is not in this build yet (available: overlay, vfs, btrfs)",
-            d.as_str()
-        ))),
+        Driver::Thin => {
+            use backend::thin::{Options, Setup, Thin};
+            let t = spec.thin.clone().unwrap_or(ThinSpec {
+                metadata_device: None,
+                metadata_size: None,
+                block_size: 64 << 10,
+                base_size: 10 << 30,
+                fs: backend::thin::Fs::Xfs,
+                autoextend_percent: 0,
+                autoextend_max: 0,
+            });
+            let setup = match spec.backing {
+                Backing::Loop => Setup::Loop {
+                    dir: spec.path.clone(),
+                    size: spec.size.ok_or_else(|| {
+                        backend::BackendError::NotSupported(format!(
+                            "pool {:?}: a loop backing needs a size",
+                            spec.name
+                        ))
+                    })?,
+                    metadata_size: t.metadata_size,
+                },
+                Backing::Device => Setup::Device {
+                    data: spec.path.clone(),
+                    metadata: t.metadata_device.clone().ok_or_else(|| {
+                        backend::BackendError::NotSupported(format!(
+                            "pool {:?}: a thin pool with backing = \"device\" needs metadata_device",
+                            spec.name
+                        ))
+                    })?,
+                },
+                Backing::Existing => Setup::Existing {
+                    pool: spec.path.clone(),
+                },
+            };
+            let opts = Options {
+                setup,
+                block_size: t.block_size,
+                base_size: t.base_size,
+                fs: t.fs,
+                warn_percent: spec.thresholds.warn_percent,
+                work_dir: state_dir.join(&spec.name),
+                autoextend_percent: t.autoextend_percent,
+                autoextend_max: t.autoextend_max,
+            };
+            Ok(Box::new(Thin::open(&spec.name, &opts)?))
+        }
     }
 }
 

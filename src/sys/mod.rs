@@ -3,8 +3,10 @@
 //! Nothing here knows about layers, keys or pools.
 
 pub mod beneath;
+pub mod blockdev;
 pub mod btrfs;
 pub mod copytree;
+pub mod dmevent;
 pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;

@@ -304,6 +304,49 @@ pub fn umount_all(path: &Path) -> Result<(), String> {
     Err(format!("{} is still a mount point", path.display()))
 }
 
+/// Removes the dm devices of thin pool `pool` (`layerd-<pool>-*`: layers and
+/// base, then the pool, then its linear devices) and detaches the loop
+/// devices of its files in `dir`. Test cleanup only: layerd never tears
+/// its pools down.
+pub fn teardown_thin_pool(pool: &str, dir: &Path) {
+    use devicemapper::{DevId, DmName, DmOptions, DM};
+    if let Ok(dm) = DM::new() {
+        let prefix = format!("layerd-{pool}-");
+        let names: Vec<String> = dm
+            .list_devices()
+            .map(|v| v.into_iter().map(|(n, _, _)| n.to_string()).collect())
+            .unwrap_or_default();
+        let rank = |n: &str| match n.strip_prefix(&prefix) {
+            Some("pool") => 1,
+            Some("meta") | Some("data") => 2,
+            _ => 0,
+        };
+        for r in 0..3 {
+            for n in names
+                .iter()
+                .filter(|n| n.starts_with(&prefix) && rank(n) == r)
+            {
+                if let Ok(name) = DmName::new(n) {
+                    if let Err(e) = dm.device_remove(&DevId::Name(name), DmOptions::default()) {
+                        eprintln!("fixture teardown: dm remove {n}: {e}");
+                    }
+                }
+                let _ = fs::remove_file(Path::new("/dev/mapper").join(n));
+            }
+        }
+    }
+    for f in ["data.img", "metadata.img"] {
+        let file = dir.join(f);
+        if let Ok(out) = Command::new("losetup").arg("-j").arg(&file).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(dev) = line.split(':').next() {
+                    let _ = Command::new("losetup").arg("-d").arg(dev).status();
+                }
+            }
+        }
+    }
+}
+
 /// Unmounts every mount at or beneath `dir`, lazily if a plain unmount keeps
 /// failing. Returns what it unmounted (for "left behind" reports).
 pub fn unmount_under(dir: &Path) -> Vec<PathBuf> {
@@ -552,7 +595,10 @@ pub enum Backend {
     /// btrfs driver, `backing = "existing"` on a loop-backed btrfs mounted
     /// by the harness (pool path = the mounted fs).
     Btrfs,
-    // Thin,    // driver "thin": kernel tier only (no device-mapper on the host)
+    /// thin driver, `backing = "loop"`: its data and metadata files live in
+    /// the pool directory on a loop-backed xfs. Kernel tier only (the host
+    /// kernel has no device-mapper): see [`Backend::unavailable`].
+    Thin,
 }
 
 impl Backend {
@@ -569,6 +615,7 @@ impl Backend {
             Backend::VfsXfs => "vfs_xfs",
             Backend::VfsExt4 => "vfs_ext4",
             Backend::Btrfs => "btrfs",
+            Backend::Thin => "thin",
         }
     }
     /// The `driver` key of the pool.
@@ -577,11 +624,12 @@ impl Backend {
             Backend::OverlayXfs => "overlay",
             Backend::VfsXfs | Backend::VfsExt4 => "vfs",
             Backend::Btrfs => "btrfs",
+            Backend::Thin => "thin",
         }
     }
     pub fn fs_kind(self) -> FsKind {
         match self {
-            Backend::OverlayXfs | Backend::VfsXfs => FsKind::Xfs,
+            Backend::OverlayXfs | Backend::VfsXfs | Backend::Thin => FsKind::Xfs,
             Backend::VfsExt4 => FsKind::Ext4,
             Backend::Btrfs => FsKind::Btrfs,
         }
@@ -592,11 +640,19 @@ impl Backend {
     pub fn is_btrfs(self) -> bool {
         self.driver() == "btrfs"
     }
+    pub fn is_thin(self) -> bool {
+        self.driver() == "thin"
+    }
     /// More `key = value` lines of the pool config: btrfs uses the file
     /// system the harness mounted (`backing = "existing"`).
     pub fn pool_extra(self) -> Vec<(String, String)> {
         match self {
             Backend::Btrfs => vec![("backing".into(), toml_str("existing"))],
+            // Small: a 2 GiB sparse data file; xfs needs at least 300 MB.
+            Backend::Thin => vec![
+                ("size".into(), toml_str("2G")),
+                ("base_size".into(), toml_str("512M")),
+            ],
             _ => vec![],
         }
     }
@@ -605,6 +661,22 @@ impl Backend {
     pub fn unavailable(self) -> Option<String> {
         if !nix::unistd::geteuid().is_root() {
             return Some("needs root (loop devices, mount)".into());
+        }
+        if self.is_thin() {
+            if std::env::var_os("LAYERD_KERNEL_TIER").is_none() {
+                return Some(
+                    "device-mapper runs in the kernel tier only (scripts/test-kernel.sh sets LAYERD_KERNEL_TIER=1)"
+                        .into(),
+                );
+            }
+            if !Path::new("/dev/mapper/control").exists() {
+                return Some("/dev/mapper/control is missing: modprobe dm-thin-pool".into());
+            }
+            if !in_path("thin_check") {
+                return Some(
+                    "thin_check is missing (apt-get install -y thin-provisioning-tools)".into(),
+                );
+            }
         }
         for tool in ["dbus-daemon", "losetup", "mount", self.fs_kind().mkfs()] {
             if !in_path(tool) {
@@ -721,8 +793,14 @@ impl Daemon {
         }
     }
 
+    /// The daemon binary: cargo's, or `$LAYERD_BIN` (the kernel tier runs a
+    /// snapshot copy, so a rebuild on the host cannot swap it mid-run).
     pub fn binary() -> &'static str {
-        env!("CARGO_BIN_EXE_layerd")
+        static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        BIN.get_or_init(|| {
+            std::env::var("LAYERD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_layerd").to_string())
+        })
+        .as_str()
     }
 
     /// The daemon's stderr so far (all starts), trimmed to its tail.
@@ -1293,17 +1371,32 @@ pub struct Fixture {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     seq: AtomicUsize,
+    /// Thin fixtures: held for the fixture's life, since every fixture's
+    /// pool is `main` and dm names are host-wide (`layerd-main-pool`).
+    _thin: Option<std::sync::MutexGuard<'static, ()>>,
 }
+
+/// One thin fixture at a time per test process (see `Fixture::_thin`).
+static THIN_FIXTURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Fixture {
     /// Builds the world for `backend` and starts layerd. `None` (after a
     /// loud SKIP line) when the host lacks what the backend needs, unless
     /// `CI` is set: in CI nothing skips.
     pub async fn new(backend: Backend) -> Option<Fixture> {
+        Self::new_with(backend, &[]).await
+    }
+
+    /// Like [`Fixture::new`], with more (or other) `key = value` lines in
+    /// the pool's config (values TOML-encoded), e.g. a smaller thin pool.
+    pub async fn new_with(backend: Backend, extra: &[(&str, String)]) -> Option<Fixture> {
         if backend.skip(backend.name()) {
             return None;
         }
         clear_umask();
+        let thin_guard = backend
+            .is_thin()
+            .then(|| THIN_FIXTURE.lock().unwrap_or_else(|p| p.into_inner()));
         let dir = tempfile::Builder::new()
             .prefix("ld.")
             .rand_bytes(6)
@@ -1323,7 +1416,14 @@ impl Fixture {
                 name: "main".into(),
                 driver: backend.driver().into(),
                 path: pool_path,
-                extra: backend.pool_extra(),
+                extra: {
+                    let mut e = backend.pool_extra();
+                    for (k, v) in extra {
+                        e.retain(|(ek, _)| ek != k);
+                        e.push((k.to_string(), v.clone()));
+                    }
+                    e
+                },
             }],
         };
         let mut daemon = Daemon::new(config, &path, &bus.address);
@@ -1346,6 +1446,7 @@ impl Fixture {
             dir: Some(dir),
             path,
             seq: AtomicUsize::new(0),
+            _thin: thin_guard,
         })
     }
 
@@ -1715,6 +1816,29 @@ impl Fixture {
             }
             return;
         }
+        if self.backend.is_thin() {
+            // (xfs, /dev/mapper/layerd-<pool>-<id>, [nouuid, ro|rw]) at any depth.
+            assert_eq!(ty, "xfs", "{ctx}: type");
+            assert!(
+                source.starts_with("/dev/mapper/layerd-main-"),
+                "{ctx}: source {source} is not the layer's thin device"
+            );
+            let md = fs::metadata(source).unwrap_or_else(|e| panic!("{ctx}: source {source}: {e}"));
+            assert!(
+                std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type()),
+                "{ctx}: source {source} is not a block device"
+            );
+            assert!(has("nouuid"), "{ctx}: snapshots share the xfs UUID: nouuid");
+            if view {
+                assert!(has("ro") && !has("rw"), "{ctx}: a view must be read-only");
+            } else {
+                assert!(
+                    has("rw") && !has("ro"),
+                    "{ctx}: an active layer must be writable"
+                );
+            }
+            return;
+        }
         let bind = !self.backend.is_overlay() || depth == 0 || (view && depth == 1);
         if bind {
             assert!(
@@ -1834,6 +1958,12 @@ impl Drop for Fixture {
                 );
             }
             drop(d);
+        }
+        if self.backend.is_thin() {
+            // The daemon leaves its pool active (as LVM does); the test's
+            // pool must go before its file system can.
+            unmount_under(&self.path.join("r"));
+            teardown_thin_pool("main", &self.pool_path());
         }
         drop(self.fs.take());
         drop(self.bus.take());
