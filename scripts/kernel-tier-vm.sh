@@ -12,6 +12,8 @@ echo "vm: up after $(cut -d ' ' -f 1 /proc/uptime)s of guest uptime"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Inside the VM nothing may skip (the harness panics instead when CI is set).
 export LAYERD_KERNEL_TIER=1 CI=1 RUST_BACKTRACE=1
+# The daemon copy scripts/test-kernel.sh made (tests/common: Daemon::binary).
+export LAYERD_BIN=$res/layerd
 modprobe -a loop dm-mod dm-thin-pool overlay xfs ext4 || echo "vm: modprobe failed"
 # /tmp is an overlay on the host's /tmp (the test binaries live there, so
 # keep it); the tests' files go on a tmpfs of their own. tmpfs has no

@@ -37,8 +37,11 @@ exes=$(cargo test --locked --all-features --no-run --message-format=json | pytho
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
-        print(m["target"]["name"], m["executable"])
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        if "test" in m["target"]["kind"]:
+            print(m["target"]["name"], m["executable"])
+        elif m["target"]["kind"] == ["bin"] and not m["profile"]["test"]:
+            print("bin:" + m["target"]["name"], m["executable"])
 ')
 exe() { awk -v t="$1" '$1 == t { print $2 }' <<<"$exes"; }
 
@@ -54,6 +57,11 @@ cleanup() {
   if [ "${LAYERD_VM_KEEP:-}" = 1 ]; then echo "kernel tier: results kept in $res"; else rm -rf "$res"; fi
 }
 trap cleanup EXIT
+# The VM runs a copy of the daemon (tests take it from $LAYERD_BIN), so a
+# rebuild on the host cannot change the binary under a running test.
+daemon=$(exe bin:layerd)
+[ -n "$daemon" ] || { echo "kernel tier: cargo built no layerd binary" >&2; exit 1; }
+cp "$daemon" "$res/layerd"
 
 # The plan: one line per run, "<name> <executable> <libtest args…>".
 if [ $# -gt 0 ]; then

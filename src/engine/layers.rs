@@ -199,6 +199,7 @@ impl Engine {
             .read(|tx| tx.by_key(key))?
             .ok_or_else(|| Error::NotFound(key.to_string()))?;
         self.check_committable(&rec, key)?;
+        self.check_no_diff(&rec, key)?;
         self.release_pin(rec.id)?;
         // Intent, durable: the name is taken and the commit will be
         // finished by recovery if we die after this point.
@@ -286,6 +287,7 @@ impl Engine {
             };
             check(rec, children, mref)
         })?;
+        self.check_no_diff(&rec, key)?;
         self.release_pin(rec.id)?;
         // Durable: the record goes and a tombstone says the storage may
         // still need removing; recovery finishes it.

@@ -177,6 +177,9 @@ pub struct Engine {
     events: broadcast::Sender<Event>,
     /// Serializes daemon mounts against Commit/Remove of the same layers.
     mount_lock: Mutex<()>,
+    /// Layers an Apply (-1) or Exports (their count) are working in; Commit
+    /// and Remove refuse them (diff/mod.rs). Changed under `mount_lock`.
+    diff_use: Mutex<std::collections::HashMap<u64, i64>>,
     /// Maintenance jobs, running and recently finished (jobs.rs).
     jobs: jobs::Jobs,
     /// Set by [`Engine::watch`]: the engine's own handle, with which
@@ -237,6 +240,7 @@ impl Engine {
             run_dir: cfg.run_dir,
             events,
             mount_lock: Mutex::new(()),
+            diff_use: Mutex::new(Default::default()),
             jobs: jobs::Jobs::default(),
             me: OnceLock::new(),
             maintenance: Mutex::new(BTreeMap::new()),

@@ -2,7 +2,7 @@
 //! whiteouts, compression), Export (changes only, whiteouts, determinism),
 //! the hostile-tar suite and broken inputs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -313,6 +313,63 @@ pub async fn apply_needs_active(f: &mut Fixture) {
         err_name(&e).as_deref(),
         Some("org.layerd.Layerd1.Error.NotFound")
     );
+}
+
+/// A layer an Apply is writing into cannot be committed, removed or
+/// applied to by anyone else until the Apply ends (Busy); then it can.
+pub async fn apply_holds_the_layer(f: &mut Fixture) {
+    use std::io::Write;
+    f.prepare("h/a", "").await;
+    let mut t = TarW::new();
+    t.file("big", &vec![7u8; 4 << 20], attrs(0o644));
+    let data = t.finish();
+    let (rd, wr) = nix::unistd::pipe().unwrap();
+    let mut wr = fs::File::from(wr);
+    let mgr = f.mgr.clone();
+    let apply = tokio::spawn(async move {
+        let r = mgr.apply("h/a", zbus::zvariant::Fd::from(rd.as_fd())).await;
+        drop(rd);
+        r
+    });
+    // Far more than a pipe holds: this returns only once the daemon has
+    // read most of it, so its Apply is under way.
+    let half = data.len() / 2;
+    let head = data[..half].to_vec();
+    let mut wr = tokio::task::spawn_blocking(move || {
+        wr.write_all(&head).unwrap();
+        wr
+    })
+    .await
+    .unwrap();
+    let busy = |r: zbus::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(
+            err_name(&e).as_deref(),
+            Some("org.layerd.Layerd1.Error.Busy"),
+            "{what}: {}",
+            describe(&e)
+        );
+    };
+    busy(
+        f.mgr.commit("h/c", "h/a", HashMap::new()).await,
+        "Commit during Apply",
+    );
+    busy(f.mgr.remove("h/a").await, "Remove during Apply");
+    busy(
+        apply_bytes(f, "h/a", &base_tar()).await.map(|_| ()),
+        "a second Apply",
+    );
+    let rest = data[half..].to_vec();
+    tokio::task::spawn_blocking(move || {
+        wr.write_all(&rest).unwrap();
+    })
+    .await
+    .unwrap();
+    let n = must(apply.await.unwrap(), "Apply after the others were refused");
+    assert_eq!(n, 4 << 20);
+    f.commit("h/c", "h/a").await;
+    let st = must(f.mgr.stat("h/c").await, "Stat");
+    assert_eq!(st.2, "committed");
 }
 
 /// The hostile-tar suite: every escape is InvalidArgument naming the

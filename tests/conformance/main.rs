@@ -105,6 +105,7 @@ suite! {
         whiteouts,
         export_mounted_changes,
         apply_needs_active,
+        apply_holds_the_layer,
         hostile_tars,
         broken_inputs,
         aufs_import,

@@ -167,7 +167,7 @@ impl Engine {
     /// Apply(key, fd): unpacks the OCI layer tar read from `input` into
     /// active layer `key`; returns the content bytes written.
     pub fn apply(&self, key: &str, input: impl Read + Send) -> Result<u64> {
-        let (rec, parents) = self.lookup(key)?;
+        let (rec, parents, _use) = self.claim(key, true)?;
         if rec.kind != Kind::Active {
             return Err(Error::NotWritable {
                 key: key.to_string(),
@@ -202,6 +202,47 @@ impl Engine {
         }
     }
 
+    /// Looks `key` up and marks its layer in use by an Apply (`exclusive`)
+    /// or an Export until the returned guard drops. Under `mount_lock`, as
+    /// Commit and Remove check it, so neither can slip in between: a layer
+    /// committed while a tar is still being written into it would not be
+    /// immutable, and one removed would take the Apply's writes with it.
+    fn claim(&self, key: &str, exclusive: bool) -> Result<(LayerRecord, Vec<u64>, DiffUse<'_>)> {
+        let _m = super::lock(&self.mount_lock);
+        let (rec, parents) = self.lookup(key)?;
+        let mut uses = super::lock(&self.diff_use);
+        let n = uses.get(&rec.id).copied().unwrap_or(0);
+        if n < 0 || (exclusive && n > 0) {
+            let what = if n < 0 { "an Apply" } else { "an Export" };
+            return Err(Error::Busy {
+                key: key.to_string(),
+                why: format!("{what} of it is running"),
+            });
+        }
+        uses.insert(rec.id, if exclusive { -1 } else { n + 1 });
+        drop(uses);
+        let guard = DiffUse {
+            engine: self,
+            id: rec.id,
+        };
+        Ok((rec, parents, guard))
+    }
+
+    /// Busy while an Apply or Export works in the layer (called by Commit
+    /// and Remove with `mount_lock` held).
+    pub(super) fn check_no_diff(&self, rec: &LayerRecord, key: &str) -> Result<()> {
+        match super::lock(&self.diff_use).get(&rec.id) {
+            Some(n) if *n != 0 => Err(Error::Busy {
+                key: key.to_string(),
+                why: format!(
+                    "{} of it is running: wait for it to finish",
+                    if *n < 0 { "an Apply" } else { "an Export" }
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn mark_failed(&self, rec: &LayerRecord, why: &str) {
         let mut why: String = why.chars().take(512).collect();
         if why.is_empty() {
@@ -223,7 +264,7 @@ impl Engine {
     /// Export(key, fd): writes the layer's changes against its parent into
     /// `out` as an OCI layer tar; returns the bytes written.
     pub fn export(&self, key: &str, out: impl Write) -> Result<u64> {
-        let (rec, parents) = self.lookup(key)?;
+        let (rec, parents, _use) = self.claim(key, false)?;
         let mut ex = export::Exporter::new(out);
         if rec.kind != Kind::View {
             // A committed layer is read through a read-only ref of itself.
@@ -282,5 +323,25 @@ impl Engine {
             let _ = self.remove(&tmp);
         }
         r
+    }
+}
+
+/// A layer's use by one Apply or Export; released on drop.
+struct DiffUse<'a> {
+    engine: &'a Engine,
+    id: u64,
+}
+
+impl Drop for DiffUse<'_> {
+    fn drop(&mut self) {
+        let mut uses = super::lock(&self.engine.diff_use);
+        match uses.get(&self.id).copied() {
+            Some(n) if n > 1 => {
+                uses.insert(self.id, n - 1);
+            }
+            _ => {
+                uses.remove(&self.id);
+            }
+        }
     }
 }
