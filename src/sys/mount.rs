@@ -210,6 +210,14 @@ pub fn max_mount_data() -> usize {
     }
 }
 
+/// The running kernel's release (`uname -r`), for messages; "unknown" if
+/// /proc cannot tell.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
 /// What one mount(8) option means to mount(2).
 enum OptKind {
     /// Sets these flags.
