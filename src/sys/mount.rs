@@ -14,6 +14,11 @@
 //!   `lowerdir+` exists since Linux 6.8 —, `upperdir`, `workdir`, `index=off`,
 //!   `FSCONFIG_CMD_CREATE`, `fsmount`, `move_mount`) has no such limit.
 //!   [`mount_overlay`] uses it.
+//! * Before Linux 6.5 overlay has no fs_context of its own: fsconfig values
+//!   are appended to one page of legacy option data (none may contain `,`)
+//!   and parsed only at `FSCONFIG_CMD_CREATE`, which rejects `lowerdir+`
+//!   with `EINVAL`; 6.5–6.7 reject the key at fsconfig. On those kernels the
+//!   overlay driver mounts with [`mount_spec`] (one page) instead.
 //! * Overlayfs stacks at most 500 lower layers (`OVL_MAX_STACK`), see
 //!   [`OVL_MAX_STACK`].
 //! * `fsconfig(FSCONFIG_SET_STRING)` copies at most 256 bytes including the NUL
