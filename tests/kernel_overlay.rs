@@ -6,7 +6,8 @@
 //! the next layer, and checks: the deepest accepted layer mounts through the
 //! daemon and through its Mounts() spec with every layer present; the refusal
 //! is NotSupported naming the depth, the page limit and Linux 6.8; it
-//! happens at Prepare (and View), before anything is created.
+//! happens at Prepare, before anything is created. (A View on the same
+//! parent may still fit: it has no upperdir/workdir options.)
 
 #[macro_use]
 #[allow(unused_macros)]
@@ -29,42 +30,33 @@ async fn classic_chain_limit() {
         .await
         .expect("overlay fixture in the VM");
 
-    // l0 … l{n}: each layer adds f{i}, written through the daemon's Mount().
+    // l0 … l{n}: every 10th adds f{i}, written through the daemon's Mount()
+    // (each mount costs a second or two under emulation; the daemon checks
+    // every lower in mountinfo on each Mount anyway).
     let mut parent = String::new();
     let mut depth = 0; // lowers of the next Prepare
     let refused = loop {
         assert!(depth <= 500, "Prepare never refused a chain on {release}");
         let key = format!("k/{depth}");
-        let before = f.walk_names(&[]).await;
         match f.mgr.prepare(&key, &parent, default_labels()).await {
             Ok(_) => {}
             Err(e) => {
+                // Only the committed l0 … l{depth-1} exist: nothing was added.
+                let names = f.walk_names(&[]).await;
                 assert_eq!(
-                    f.walk_names(&[]).await,
-                    before,
-                    "a refused Prepare changes nothing"
+                    names.len(),
+                    depth,
+                    "a refused Prepare changes nothing: {names:?}"
                 );
-                let v = f
-                    .mgr
-                    .view("v/too-deep", &parent, default_labels())
-                    .await
-                    .expect_err("a View on the same chain is refused too");
-                assert_eq!(
-                    err_name(&v).as_deref(),
-                    Some("org.layerd.Layerd1.Error.NotSupported"),
-                    "{v}"
-                );
-                assert_eq!(
-                    f.walk_names(&[]).await,
-                    before,
-                    "a refused View changes nothing"
-                );
+                assert!(!names.contains(&key), "{names:?}");
                 break e;
             }
         }
-        let m = f.mount(&key, Via::Daemon).await;
-        fs::write(m.path.join(format!("f{depth}")), depth.to_string()).unwrap();
-        f.unmount(m).await;
+        if depth % 10 == 0 {
+            let m = f.mount(&key, Via::Daemon).await;
+            fs::write(m.path.join(format!("f{depth}")), depth.to_string()).unwrap();
+            f.unmount(m).await;
+        }
         let name = format!("l{depth}");
         f.commit(&name, &key).await;
         parent = name;
@@ -99,7 +91,7 @@ async fn classic_chain_limit() {
     assert!(data.join(",").len() <= PAGE_DATA, "{specs:?}");
     for via in [Via::Daemon, Via::Specs] {
         let m = f.mount("top", via).await;
-        for i in 0..depth - 1 {
+        for i in (0..depth - 1).step_by(10) {
             assert_eq!(
                 fs::read_to_string(m.path.join(format!("f{i}"))).unwrap_or_default(),
                 i.to_string(),
