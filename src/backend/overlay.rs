@@ -8,9 +8,21 @@
 //! numeric paths) and deeper chains are mounted by the daemon with the new
 //! mount API's `lowerdir+` (Linux 6.8). `index=off` because layers are
 //! moved between mounts, which the inode index would refuse.
+//!
+//! Kernels before 6.8 (Debian 12's 6.1, Ubuntu 22.04's 5.15) have no
+//! `lowerdir+`: the pool probe finds that out once, at open, and the driver
+//! then mounts with one classic mount(2) call (`lowerdir=a:b:c`). That call
+//! takes one page of options; on 6.1 the new API is no way around it (before
+//! 6.5 overlay's fsconfig values are appended to one page of legacy data,
+//! each value at most 256 bytes). A chain whose options do not fit is
+//! refused at Prepare/View with NotSupported, naming the depth, the limit
+//! and Linux 6.8.
 
 use std::os::unix::fs::MetadataExt;
+
+use nix::errno::Errno;
 use std::path::{Path, PathBuf};
+use tracing::info;
 
 use crate::backend::dirpool::{remove_all_if_exists, DirPool};
 use crate::backend::{Backend, BackendError, DiffTree, Found, JobControl, LayerRef, Space};
@@ -22,15 +34,60 @@ use crate::sys::mountinfo;
 /// OVL_MAX_STACK in fs/overlayfs/params.h.
 pub const MAX_LOWERS: usize = 500;
 
+/// How this kernel's overlay takes lower layers; found by the pool probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LowerApi {
+    /// New mount API, one `lowerdir+` per layer (Linux 6.8+): up to 500 lowers.
+    LowerdirPlus,
+    /// One classic mount(2) with `lowerdir=a:b:c`: as many as fit in a page.
+    Classic,
+}
+
 pub struct Overlay {
     dirs: DirPool,
+    api: LowerApi,
 }
 
 impl Overlay {
     pub fn open(root: &Path) -> Result<Self, BackendError> {
         let dirs = DirPool::open(root)?;
-        probe(&dirs)?;
-        Ok(Overlay { dirs })
+        let api = probe(&dirs)?;
+        Ok(Overlay { dirs, api })
+    }
+
+    /// With classic mounts only: refuses a layer whose overlay options do not
+    /// fit in the one page mount(2) takes, before anything is created.
+    fn check_classic(&self, l: LayerRef<'_>) -> Result<(), BackendError> {
+        if self.api != LowerApi::Classic {
+            return Ok(());
+        }
+        let spec = self.spec(l);
+        let (len, max) = (spec.data_len(), max_mount_data());
+        if spec.fstype == "bind" || len <= max {
+            return Ok(());
+        }
+        // How many of the nearest lowers would fit (the rest of the options
+        // stay): "about", as ids grow longer over a pool's life.
+        let lowers = self.lowers(l.parents);
+        let list: usize = lowers.iter().map(|p| p.as_os_str().len() + 1).sum();
+        let mut budget = (max + list).saturating_sub(len);
+        let fit = lowers
+            .iter()
+            .take_while(|p| {
+                let need = p.as_os_str().len() + 1;
+                let ok = need <= budget;
+                budget = budget.saturating_sub(need);
+                ok
+            })
+            .count();
+        Err(BackendError::NotSupported(format!(
+            "a layer on {} lower layers needs {len} bytes of overlay mount options, but this \
+             kernel (Linux {}) has no overlay \"lowerdir+\", so layers are mounted with one \
+             mount(2) call, which takes at most {max} bytes (about {fit} lower layers with \
+             this pool's paths); chains this deep need Linux 6.8 or later",
+            lowers.len(),
+            mount::kernel_release()
+        )))
     }
 
     fn lowers(&self, parents: &[u64]) -> Vec<PathBuf> {
@@ -58,8 +115,11 @@ impl Overlay {
 }
 
 /// Overlay needs d_type and a file system it can stack on; distributions
-/// backport features, so try a scratch mount rather than trust versions.
-fn probe(dirs: &DirPool) -> Result<(), BackendError> {
+/// backport features, so try a scratch mount rather than trust versions. The
+/// same mount tells whether the kernel knows `lowerdir+` (6.8): before 6.5
+/// the key is only rejected when the mount is created, on 6.5–6.7 by
+/// fsconfig, both with EINVAL; then a classic mount(2) must work instead.
+fn probe(dirs: &DirPool) -> Result<LowerApi, BackendError> {
     let base = dirs.scratch(&format!("probe-{}", std::process::id()));
     let result = (|| {
         remove_all_if_exists(&base)?;
@@ -72,15 +132,31 @@ fn probe(dirs: &DirPool) -> Result<(), BackendError> {
             base.join("w"),
             base.join("m"),
         );
-        mount::mount_overlay(&[l], Some((&u, &w)), &m).map_err(|e| BackendError::Unusable {
+        let unusable = |e: String| {
+            BackendError::Unusable {
             path: dirs.root().to_path_buf(),
             why: format!("a test overlay mount failed ({e}); overlay needs a file system with d_type, not overlayfs itself"),
-        })?;
+        }
+        };
+        let api = match mount::mount_overlay(std::slice::from_ref(&l), Some((&u, &w)), &m) {
+            Ok(()) => LowerApi::LowerdirPlus,
+            Err(e) if matches!(e.errno(), Some(Errno::EINVAL | Errno::ENOSYS)) => {
+                mount::mount_spec(&MountSpec::overlay(&[l], Some((&u, &w))), &m).map_err(
+                    |classic| unusable(format!("new mount API: {e}; mount(2): {classic}")),
+                )?;
+                info!(pool = %dirs.root().display(), kernel = %mount::kernel_release(), error = %e,
+                      "overlay has no lowerdir+ (Linux 6.8): mounting with one mount(2) call, \
+                       chains limited to one page of options");
+                LowerApi::Classic
+            }
+            Err(e) => return Err(unusable(e.to_string())),
+        };
         mount::unmount(&m, false)?;
-        Ok(())
+        Ok(api)
     })();
     let cleaned = remove_all_if_exists(&base);
-    result.and(cleaned)
+    let api = result?;
+    cleaned.map(|()| api)
 }
 
 impl Backend for Overlay {
@@ -95,6 +171,7 @@ impl Backend for Overlay {
     }
 
     fn create(&self, l: LayerRef<'_>) -> Result<(), BackendError> {
+        self.check_classic(l)?;
         let dir = self.dirs.layer(l.id);
         self.dirs.mkdir(&dir, 0o755)?;
         if l.kind == Kind::Active && !l.parents.is_empty() {
@@ -145,11 +222,18 @@ impl Backend for Overlay {
         }
         let lowers = self.lowers(l.parents);
         let upper = (l.kind == Kind::Active).then(|| (self.dirs.layer(l.id), self.dirs.work(l.id)));
-        mount::mount_overlay(
-            &lowers,
-            upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path())),
-            target,
-        )?;
+        match self.api {
+            LowerApi::LowerdirPlus => mount::mount_overlay(
+                &lowers,
+                upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path())),
+                target,
+            )?,
+            LowerApi::Classic => {
+                // Layers made under a newer kernel may be too deep for this one.
+                self.check_classic(l)?;
+                mount::mount_spec(&spec, target)?;
+            }
+        }
         // Over-long option strings have been seen to mount the wrong layers
         // silently: check what the kernel really stacked.
         if let Err(e) =

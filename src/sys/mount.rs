@@ -14,6 +14,11 @@
 //!   `lowerdir+` exists since Linux 6.8 —, `upperdir`, `workdir`, `index=off`,
 //!   `FSCONFIG_CMD_CREATE`, `fsmount`, `move_mount`) has no such limit.
 //!   [`mount_overlay`] uses it.
+//! * Before Linux 6.5 overlay has no fs_context of its own: fsconfig values
+//!   are appended to one page of legacy option data (none may contain `,`)
+//!   and parsed only at `FSCONFIG_CMD_CREATE`, which rejects `lowerdir+`
+//!   with `EINVAL`; 6.5–6.7 reject the key at fsconfig. On those kernels the
+//!   overlay driver mounts with [`mount_spec`] (one page) instead.
 //! * Overlayfs stacks at most 500 lower layers (`OVL_MAX_STACK`), see
 //!   [`OVL_MAX_STACK`].
 //! * `fsconfig(FSCONFIG_SET_STRING)` copies at most 256 bytes including the NUL
@@ -208,6 +213,14 @@ pub fn max_mount_data() -> usize {
     } else {
         4095
     }
+}
+
+/// The running kernel's release (`uname -r`), for messages; "unknown" if
+/// /proc cannot tell.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 /// What one mount(8) option means to mount(2).
