@@ -89,6 +89,8 @@ else
   # emulation), so the tier runs a representative subset; run them all with
   # `scripts/test-kernel.sh conformance --test-threads=2 overlay_xfs::`.
   # Not btrfs: loading its module benchmarks raid6 for ~20 s under emulation.
+  # With no config the daemon's default pool is thin where dm-thin exists.
+  echo "default_pool $(exe default_pool) --ignored --exact builtin_default_pool_is_thin_where_dm_thin_exists" >>"$res/plan"
   echo "conformance $(exe conformance) --test-threads=2 --exact vfs_xfs::basic vfs_ext4::basic" >>"$res/plan"
   ovl="basic transitivity remove_intermediate view_readonly layers_128 mounts_of_committed mount_spec_shapes restart_keeps_state"
   echo "conformance-overlay $(exe conformance) --test-threads=2 --exact $(printf 'overlay_xfs::%s ' $ovl)" >>"$res/plan"

@@ -400,11 +400,9 @@ impl Config {
     }
 }
 
-/// The config used when there is no config file, for this build.
-///
-/// The daemon is to pick the best driver the host and build support, thin,
-/// then btrfs, then overlay ([`Config::builtin_default`] takes the choice);
-/// only the directory drivers exist yet, so this is overlay.
+/// The built-in default with the driver that needs nothing from the host
+/// (overlay). The daemon itself probes the host and prefers a loop-backed
+/// thin pool, then a loop-backed btrfs (`main.rs`, `builtin_driver`).
 pub fn builtin_default() -> Config {
     Config::builtin_default(Driver::Overlay)
 }

@@ -14,7 +14,9 @@ usage: layerd [--config PATH] [--bus-address ADDRESS] [--check-config]
 
   --config PATH          configuration file (default /etc/layerd/layerd.toml;
                          when that does not exist, the built-in default: one
-                         pool \"main\" under /var/lib/layerd)
+                         pool \"main\" under /var/lib/layerd, a 100G sparse
+                         loop-backed thin pool where the host has dm-thin,
+                         else loop-backed btrfs, else overlay)
   --bus-address ADDRESS  serve on this D-Bus address instead of the system bus
   --check-config         validate the configuration, print it, and exit
   job KIND POOL          run one maintenance job through the daemon and wait
@@ -57,18 +59,84 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn load_config(args: &Args) -> Result<Config, config::ConfigError> {
+/// The config, and for the built-in default, why its pool has its driver
+/// (logged once logging is up).
+fn load_config(args: &Args) -> Result<(Config, Option<String>), String> {
+    let s = |e: config::ConfigError| e.to_string();
     match &args.config {
-        Some(p) => config::load(p),
-        None => match config::load_optional(std::path::Path::new(config::DEFAULT_CONFIG_PATH))? {
-            Some(c) => Ok(c),
+        Some(p) => Ok((config::load(p).map_err(s)?, None)),
+        None => match config::load_optional(std::path::Path::new(config::DEFAULT_CONFIG_PATH))
+            .map_err(s)?
+        {
+            Some(c) => Ok((c, None)),
             None => {
+                let daemon = config::DaemonConfig::default();
+                let (driver, why) = builtin_driver(&daemon.state_dir)?;
+                let c = Config::builtin_default_with(daemon, driver);
                 // The built-in default gets the same checks as a file.
-                let c = config::builtin_default();
-                c.validate()?;
-                Ok(c)
+                c.validate().map_err(s)?;
+                Ok((c, Some(why)))
             }
         },
+    }
+}
+
+/// Records which driver the built-in default pool got, so a later start
+/// opens the same pool even if the host changed (tools installed or
+/// removed) in between.
+const BUILTIN_DRIVER_FILE: &str = "builtin-pool-driver";
+
+/// The built-in default pool's driver: the one recorded at its first start;
+/// else, for a state directory made before the record existed, overlay
+/// (what those versions chose); else the best the host supports — a
+/// loop-backed thin pool, else a loop-backed btrfs, else overlay.
+fn builtin_driver(state_dir: &std::path::Path) -> Result<(config::Driver, String), String> {
+    let recorded = state_dir.join(BUILTIN_DRIVER_FILE);
+    if let Ok(text) = std::fs::read_to_string(&recorded) {
+        // A record that names no driver is refused rather than guessed: the
+        // wrong guess would open the pool's data with another driver.
+        return text
+            .trim()
+            .parse::<config::Driver>()
+            .map(|d| (d, format!("recorded in {}", recorded.display())))
+            .map_err(|e| format!("{}: {e}; fix or remove it", recorded.display()));
+    }
+    if state_dir.join("layerd.redb").exists() {
+        return Ok((
+            config::Driver::Overlay,
+            "a store made before the built-in pool's driver was recorded".into(),
+        ));
+    }
+    let thin = layerd::backend::thin::host_support();
+    let thin_why = match thin {
+        Ok(()) => {
+            return Ok((
+                config::Driver::Thin,
+                "the host has dm-thin, thin_check and mkfs.xfs".into(),
+            ))
+        }
+        Err(e) => e,
+    };
+    Ok(match layerd::backend::btrfs::host_support() {
+        Ok(()) => (
+            config::Driver::Btrfs,
+            format!("not thin: {thin_why}; the host has btrfs, loop devices and mkfs.btrfs"),
+        ),
+        Err(btrfs_why) => (
+            config::Driver::Overlay,
+            format!("not thin: {thin_why}; not btrfs: {btrfs_why}"),
+        ),
+    })
+}
+
+/// Writes the record [`builtin_driver`] reads, once the pool exists.
+fn record_builtin_driver(state_dir: &std::path::Path, driver: config::Driver) {
+    let path = state_dir.join(BUILTIN_DRIVER_FILE);
+    if path.exists() {
+        return;
+    }
+    if let Err(e) = std::fs::write(&path, format!("{}\n", driver.as_str())) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot record the built-in pool's driver");
     }
 }
 
@@ -135,7 +203,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match load_config(&args) {
+    let (cfg, builtin) = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("layerd: {e}");
@@ -147,6 +215,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     layerd::logging::init();
+    if let (Some(why), Some(pool)) = (&builtin, cfg.default_pool()) {
+        tracing::info!(
+            pool = %pool.name,
+            driver = pool.driver.as_str(),
+            path = %pool.path.display(),
+            "no config file: using the built-in default pool ({why})"
+        );
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,7 +233,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg, args.bus_address)) {
+    match rt.block_on(run(cfg, args.bus_address, builtin.is_some())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "layerd stopped");
@@ -167,7 +243,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: Config, bus_address: Option<String>) -> Result<(), String> {
+async fn run(cfg: Config, bus_address: Option<String>, builtin: bool) -> Result<(), String> {
     // Watch signals first: a service manager may stop us the moment the
     // bus name appears.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -185,6 +261,11 @@ async fn run(cfg: Config, bus_address: Option<String>) -> Result<(), String> {
             missing = report.missing.len(),
             "start-up found data without records or records without data; see the log above"
         );
+    }
+    if builtin {
+        if let Some(pool) = cfg.default_pool() {
+            record_builtin_driver(&cfg.daemon.state_dir, pool.driver);
+        }
     }
     let engine = Arc::new(engine);
     // Timers before the bus name: a service a timer starts finds the

@@ -996,6 +996,23 @@ impl Backend for Btrfs {
     }
 }
 
+/// Whether this host can run a loop-backed btrfs pool (the built-in
+/// default pool's second choice): btrfs in the kernel, loop devices and
+/// `mkfs.btrfs`. `Err` names the first thing missing.
+pub fn host_support() -> Result<(), String> {
+    use crate::sys::host;
+    if !host::kernel_has_filesystem("btrfs") {
+        return Err("the kernel has no btrfs".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Err("no loop devices (/dev/loop-control)".into());
+    }
+    if host::find_program("mkfs.btrfs").is_none() {
+        return Err("mkfs.btrfs is not installed".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

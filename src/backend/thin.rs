@@ -1131,6 +1131,29 @@ impl Backend for Thin {
     }
 }
 
+/// Whether this host can run a loop-backed thin pool with the default
+/// settings (the built-in default pool): device-mapper with the thin-pool
+/// target, loop devices, `thin_check` and `mkfs.xfs`. `Err` names the
+/// first thing missing.
+pub fn host_support() -> Result<(), String> {
+    use crate::sys::host;
+    if !host::has_device_mapper() {
+        return Err("no device-mapper (/dev/mapper/control)".into());
+    }
+    if !host::kernel_module_available("dm_thin_pool") {
+        return Err("the kernel has no dm-thin-pool target".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Err("no loop devices (/dev/loop-control)".into());
+    }
+    for program in ["thin_check", "mkfs.xfs"] {
+        if host::find_program(program).is_none() {
+            return Err(format!("{program} is not installed"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
