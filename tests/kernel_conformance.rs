@@ -1,6 +1,7 @@
 //! The conformance suite (tests/conformance/) on the thin driver, which
-//! needs device-mapper: kernel tier only. The scenario files are the same
-//! as the host suite's; only the backend list differs. The tests are
+//! needs device-mapper: kernel tier only. The scenario files and their one
+//! list (tests/conformance/scenario_list.rs) are the host suite's; only the
+//! backend differs, so every scenario, the diff ones included, runs on thin. The tests are
 //! `#[ignore]`d so the host run lists them as ignored; scripts/test-kernel.sh
 //! runs them in the VM with `--ignored` and `LAYERD_KERNEL_TIER=1`. Thin
 //! fixtures run one at a time (every fixture's pool is `main`, and dm
@@ -10,8 +11,13 @@
 #[path = "common/mod.rs"]
 mod common;
 
+#[path = "common/difftools.rs"]
+mod difftools;
+
 #[path = "conformance/contents.rs"]
 mod contents;
+#[path = "conformance/diff.rs"]
+mod diff;
 #[path = "conformance/lifecycle.rs"]
 mod lifecycle;
 #[path = "conformance/metadata.rs"]
@@ -21,6 +27,7 @@ mod space;
 
 mod scenarios {
     pub use super::contents::*;
+    pub use super::diff::*;
     pub use super::lifecycle::*;
     pub use super::metadata::*;
     pub use super::space::*;
@@ -47,37 +54,8 @@ macro_rules! thin_tests {
     };
 }
 
-// Keep in step with the scenario list of tests/conformance/main.rs.
-thin_tests!([
-    basic,
-    stat_active,
-    stat_committed,
-    transitivity,
-    prepare_view_conflicts,
-    update,
-    remove_and_reuse,
-    walk,
-    layer_file_update,
-    remove_directory_in_lower_layer,
-    chown,
-    directory_permission_on_commit,
-    remove_intermediate,
-    deleted_files_in_child,
-    move_file_from_lower_layer,
-    view_readonly,
-    stat_in_walk,
-    restart_keeps_state,
-    kill9_keeps_state,
-    root_permission,
-    rename,
-    commit_renames_key,
-    layers_128,
-    keys_with_slashes_and_long_keys,
-    usage_excludes_parent,
-    mounts_of_committed,
-    mount_spec_shapes,
-    not_found_errors,
-    cleanup_returns_bytes,
-    mount_refcount,
-    pool_object,
-]);
+#[macro_use]
+#[path = "conformance/scenario_list.rs"]
+mod scenario_list;
+
+for_each_scenario!(thin_tests!());

@@ -3,8 +3,9 @@
 //! layerd's own contract points, run against every backend on the real
 //! kernel (host tier; needs root).
 //!
-//! Each scenario is one `async fn(&mut Fixture)`; the `suite!` block at the
-//! bottom generates one `#[tokio::test]` per (backend × scenario), named
+//! Each scenario is one `async fn(&mut Fixture)`, listed once in
+//! `scenario_list.rs`; the `suite!` block at the bottom generates one
+//! `#[tokio::test]` per (backend × scenario), named
 //! `<backend>::<scenario>` (e.g. `overlay_xfs::basic`), each with its own
 //! bus, loop-backed file system and daemon, so they run in parallel.
 
@@ -50,64 +51,24 @@ macro_rules! backend_tests {
     };
 }
 
+// The scenario list: tests/conformance/scenario_list.rs (shared with
+// tests/kernel_conformance.rs, which runs it on thin).
+#[macro_use]
+mod scenario_list;
+
 macro_rules! suite {
-    (backends { $($backend:ident => $module:ident),* $(,)? } scenarios $scenarios:tt) => {
-        $( backend_tests!($backend => $module, $scenarios); )*
+    (backends { $($backend:ident => $module:ident),* $(,)? }) => {
+        $( for_each_scenario!(backend_tests!($backend => $module,)); )*
     };
 }
 
 suite! {
-    // The one backend list: add `Btrfs => btrfs` (and `Thin => thin` in the
-    // kernel-tier VM) here once `common::Backend` has them.
+    // The host backends; thin runs the same list in the kernel-tier VM
+    // (tests/kernel_conformance.rs).
     backends {
         OverlayXfs => overlay_xfs,
         VfsXfs => vfs_xfs,
         VfsExt4 => vfs_ext4,
         Btrfs => btrfs,
     }
-    scenarios [
-        // containerd's SnapshotterSuite, in its order
-        basic,
-        stat_active,
-        stat_committed,
-        transitivity,
-        prepare_view_conflicts,
-        update,
-        remove_and_reuse,
-        walk,
-        layer_file_update,
-        remove_directory_in_lower_layer,
-        chown,
-        directory_permission_on_commit,
-        remove_intermediate,
-        deleted_files_in_child,
-        move_file_from_lower_layer,
-        view_readonly,
-        stat_in_walk,
-        restart_keeps_state,
-        kill9_keeps_state,
-        root_permission,
-        rename,
-        commit_renames_key,
-        layers_128,
-        // layerd's contract
-        keys_with_slashes_and_long_keys,
-        usage_excludes_parent,
-        mounts_of_committed,
-        mount_spec_shapes,
-        not_found_errors,
-        cleanup_returns_bytes,
-        mount_refcount,
-        pool_object,
-        // layer diffs (Apply, Export)
-        apply_keeps_metadata,
-        export_roundtrip_is_exact,
-        whiteouts,
-        export_mounted_changes,
-        apply_needs_active,
-        apply_holds_the_layer,
-        hostile_tars,
-        broken_inputs,
-        aufs_import,
-    ]
 }
