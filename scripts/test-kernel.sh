@@ -32,8 +32,11 @@ kernel=${LAYERD_VM_KERNEL:-$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 
 [ -n "$kernel" ] && [ -d "/lib/modules/${kernel##*/vmlinuz-}" ] ||
   { echo "kernel tier: no kernel with modules in /boot: run scripts/install-deps.sh" >&2; exit 1; }
 
-# Build on the host; collect test executables by target name.
-exes=$(cargo test --locked --all-features --no-run --message-format=json | python3 -c '
+# Build on the host; collect test executables by target name. One target
+# asked for: build only it (and the daemon it runs), not every test target.
+only=()
+[ $# -gt 0 ] && only=(--test "$1")
+exes=$(cargo test --locked --all-features --no-run "${only[@]}" --message-format=json | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
