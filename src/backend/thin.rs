@@ -65,8 +65,22 @@
 //! blocks only it maps go back to the pool and, by passdown, to the loop
 //! file; then deactivates it (the crate retries EBUSY; still busy, it is
 //! removed deferred, when its last user closes it) and deletes the thin id.
-//! A thin id whose device was still open cannot be deleted yet; `purge`
-//! retries it. `purge` reports the pool space freed since the last purge.
+//! A thin id whose device was still open cannot be deleted yet: it is
+//! listed in `<token dir>/removing` (its record is gone by then, so only
+//! this file remembers it across a restart), and `purge` or the next start
+//! re-activates it once its holder is gone, discards it and deletes it.
+//! An inactive device (after a reboot or a crash) is re-activated for its
+//! discard too. `purge` reports the pool space freed since the last purge.
+//!
+//! # Reconciliation
+//!
+//! `scan` reports the active `layerd-<pool>-<id>` devices and every thin
+//! id in the pool's metadata, read with `thin_ls -m` from a metadata
+//! snapshot the pool holds meanwhile (`reserve_metadata_snap`): after a
+//! reboot no layer device is active, and a crash may fall between a
+//! `create_snap` and the device's activation, so only the metadata knows
+//! such an id. The engine then discards unacknowledged ids (≥ next_id) and
+//! never touches ids older than that it has no record of.
 //!
 //! # Growing and filling up
 //!
@@ -201,8 +215,14 @@ pub struct Thin {
     fs: Fs,
     /// Serializes pool messages and the suspend around snapshots.
     lock: Mutex<()>,
-    /// Layer ids removed while their device was open: deleted by `purge`.
+    /// Layer ids removed while their device was open: deleted by `purge`
+    /// or at the next start. Kept in `<token dir>/removing` too, so a
+    /// restart cannot forget them (their records are gone by then).
     pending: Mutex<BTreeSet<u64>>,
+    /// dm name of the linear device over the pool's metadata, which the
+    /// thin tools read (`thin_ls -m` lists thin ids for reconciliation);
+    /// `None` for an `existing` pool.
+    meta_dm: Option<String>,
     /// Pool bytes freed by removals since the last `purge`.
     freed: AtomicU64,
     /// Loop backing: the data file and the growth policy.
@@ -369,6 +389,7 @@ impl Thin {
         };
         let scratch = token_dir.join("t");
         fs::create_dir_all(&scratch).map_err(|e| BackendError::io("mkdir", &scratch, e))?;
+        let pending = read_pending(&token_dir);
         let t = Thin {
             dm,
             name: name.to_string(),
@@ -381,7 +402,11 @@ impl Thin {
             base_sectors: o.base_size / SECTOR,
             fs: o.fs,
             lock: Mutex::new(()),
-            pending: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(pending),
+            meta_dm: match &o.setup {
+                Setup::Existing { .. } => None,
+                _ => Some(format!("layerd-{name}-meta")),
+            },
             freed: AtomicU64::new(0),
             grow: match &o.setup {
                 Setup::Loop { dir, .. } if o.autoextend_percent > 0 => Some(Grow {
@@ -394,6 +419,11 @@ impl Thin {
             },
         };
         t.ensure_base()?;
+        // Removals left deferred before a restart or reboot: their holders
+        // are likely gone now.
+        if let Err(e) = t.finish_pending() {
+            tracing::warn!(pool = name, error = %e, "finishing deferred removals failed; Cleanup retries them");
+        }
         tracing::info!(pool = name, dm = %t.pool_dm, backing, "thin pool ready");
         Ok(t)
     }
@@ -646,7 +676,10 @@ impl Thin {
         let thin = thin_id(id)?;
         let name = self.layer_name(id);
         let before = self.data_used();
-        if self.is_active(&name) {
+        // An inactive device (after a reboot, a crash, a deferred removal)
+        // may still map blocks: activate it so they are discarded too. No
+        // such thin id: activation fails and there is nothing to discard.
+        if self.is_active(&name) || self.activate(&name, thin).is_ok() {
             let node = blockdev::mapper_path(&name);
             match blockdev::open_exclusive(&node) {
                 Ok(f) => {
@@ -662,16 +695,131 @@ impl Thin {
             }
         }
         if !self.deactivate(&name)? {
-            crate::engine::lock(&self.pending).insert(id);
+            self.set_pending(id, true)?;
             return Ok(());
         }
         self.delete_thin(thin)?;
-        crate::engine::lock(&self.pending).remove(&id);
+        self.set_pending(id, false)?;
         if let (Some(b), Some(a)) = (before, self.data_used()) {
             self.freed.fetch_add(b.saturating_sub(a), Ordering::Relaxed);
         }
         Ok(())
     }
+}
+
+impl Thin {
+    /// Records (`pending`) or forgets a deferred removal, durably.
+    fn set_pending(&self, id: u64, pending: bool) -> Result<(), BackendError> {
+        let mut set = crate::engine::lock(&self.pending);
+        let changed = if pending {
+            set.insert(id)
+        } else {
+            set.remove(&id)
+        };
+        if !changed {
+            return Ok(());
+        }
+        write_pending(&self.token_dir, &set)
+    }
+
+    /// Finishes removals left deferred whose devices are gone by now
+    /// (discard, delete the thin id).
+    fn finish_pending(&self) -> Result<(), BackendError> {
+        let pending: Vec<u64> = crate::engine::lock(&self.pending).iter().copied().collect();
+        for id in pending {
+            if !self.is_active(&self.layer_name(id)) {
+                self.destroy(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Thin ids in the pool's metadata (base excluded), read by `thin_ls`
+    /// from a metadata snapshot the pool holds meanwhile; `None` (logged)
+    /// when that fails, and reconciliation then sees active devices only.
+    fn metadata_thin_ids(&self) -> Option<BTreeSet<u64>> {
+        let meta = self.meta_dm.as_deref()?;
+        // Its node, where udev has not made it.
+        let src = match self.dm.device_info(&DevId::Name(dm_name(meta).ok()?)) {
+            Ok(info) => {
+                let d = info.device();
+                blockdev::ensure_mapper_node(meta, d.major, d.minor).ok()?
+            }
+            Err(e) => {
+                tracing::warn!(pool = %self.name, device = meta, error = %e, "no metadata device: thin ids of inactive devices are not reconciled");
+                return None;
+            }
+        };
+        let _g = crate::engine::lock(&self.lock);
+        if self.message("reserve_metadata_snap").is_err() {
+            // One left reserved by a crash while it was held.
+            let _ = self.message("release_metadata_snap");
+            if let Err(e) = self.message("reserve_metadata_snap") {
+                tracing::warn!(pool = %self.name, error = %e, "cannot reserve a metadata snapshot: thin ids of inactive devices are not reconciled");
+                return None;
+            }
+        }
+        let out = Command::new("thin_ls")
+            .args(["-m", "--no-headers", "-o", "DEV"])
+            .arg(&src)
+            .stdin(Stdio::null())
+            .output();
+        if let Err(e) = self.message("release_metadata_snap") {
+            tracing::warn!(pool = %self.name, error = %e, "releasing the metadata snapshot failed");
+        }
+        let why = match out {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let ids: Option<BTreeSet<u64>> =
+                    text.split_whitespace().map(|w| w.parse().ok()).collect();
+                match ids {
+                    Some(mut ids) => {
+                        ids.remove(&(BASE_ID as u64));
+                        return Some(ids);
+                    }
+                    None => format!("unexpected output {text:?}"),
+                }
+            }
+            Ok(o) => format!(
+                "{}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(pool = %self.name, metadata = %src.display(), error = %why, "thin_ls failed: thin ids of inactive devices are not reconciled");
+        None
+    }
+}
+
+/// The file listing deferred removals.
+const PENDING: &str = "removing";
+
+fn read_pending(dir: &Path) -> BTreeSet<u64> {
+    fs::read_to_string(dir.join(PENDING))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Replaces `<dir>/removing` atomically (through `<dir>/t`) and durably.
+fn write_pending(dir: &Path, ids: &BTreeSet<u64>) -> Result<(), BackendError> {
+    use std::io::Write;
+    let path = dir.join(PENDING);
+    let tmp = dir.join("t").join(PENDING);
+    let mut f = fs::File::create(&tmp).map_err(|e| BackendError::io("create", &tmp, e))?;
+    for id in ids {
+        writeln!(f, "{id}").map_err(|e| BackendError::io("write", &tmp, e))?;
+    }
+    f.sync_all()
+        .map_err(|e| BackendError::io("fsync", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| BackendError::io("rename", &tmp, e))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| BackendError::io("fsync", dir, e))
 }
 
 /// An active `layerd-<name>-pool` is only adopted if its data device is the
@@ -978,17 +1126,7 @@ impl Backend for Thin {
     }
 
     fn purge(&self) -> Result<u64, BackendError> {
-        let pending: Vec<u64> = crate::engine::lock(&self.pending).iter().copied().collect();
-        for id in pending {
-            if !self.is_active(&self.layer_name(id)) {
-                let before = self.data_used();
-                self.delete_thin(thin_id(id)?)?;
-                crate::engine::lock(&self.pending).remove(&id);
-                if let (Some(b), Some(a)) = (before, self.data_used()) {
-                    self.freed.fetch_add(b.saturating_sub(a), Ordering::Relaxed);
-                }
-            }
-        }
+        self.finish_pending()?;
         Ok(self.freed.swap(0, Ordering::Relaxed))
     }
 
@@ -1068,7 +1206,7 @@ impl Backend for Thin {
             .dm
             .list_devices()
             .map_err(|e| dm_err("list devices", &self.pool_dm, e))?;
-        let mut found = Vec::new();
+        let mut ids = BTreeSet::new();
         for (n, _, _) in devs {
             let n = n.to_string();
             let Some(rest) = n.strip_prefix(&prefix) else {
@@ -1078,12 +1216,21 @@ impl Backend for Thin {
                 && !rest.starts_with('0')
                 && rest.bytes().all(|b| b.is_ascii_digit())
             {
-                if let Ok(id) = rest.parse() {
-                    found.push(Found::Layer(id));
+                if let Ok(id) = rest.parse::<u64>() {
+                    ids.insert(id);
                 }
             }
         }
-        Ok(found)
+        // Devices are inactive after a reboot, and a crash may come between
+        // a thin id's creation and its activation: the metadata knows them.
+        ids.extend(self.metadata_thin_ids().unwrap_or_default());
+        // Removed, waiting for their holders: not for the engine to judge.
+        let pending = crate::engine::lock(&self.pending);
+        Ok(ids
+            .into_iter()
+            .filter(|id| !pending.contains(id))
+            .map(Found::Layer)
+            .collect())
     }
 
     fn quarantine(&self, what: &Path) -> Result<PathBuf, BackendError> {

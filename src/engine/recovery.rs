@@ -8,7 +8,7 @@
 //! | record `Ready`, storage missing         | report (never invent data)      |
 //! | tombstone                               | finish the removal              |
 //! | storage id ≥ next_id, no record, pool bound to this store | discard: its intent never reached the disk, so no client was ever told it exists |
-//! | storage id < next_id, no record, no tombstone | quarantine and report |
+//! | storage id < next_id, no record, no tombstone | quarantine (a thin id: leave in place) and report |
 //! | anything not named by layerd            | quarantine and report           |
 //! | mount reference, not mounted            | re-mount if pinned, else drop   |
 //! | mount under run_dir with no reference   | unmount                         |
@@ -128,6 +128,7 @@ impl Engine {
                     }
                     Found::Layer(id) => {
                         // Ours by name but unrecorded: keep the data aside.
+                        let mut moved = false;
                         for path in [
                             backend.path().join(id.to_string()),
                             backend.path().join("w").join(id.to_string()),
@@ -136,7 +137,12 @@ impl Engine {
                                 let to = backend.quarantine(&path)?;
                                 tracing::warn!(pool = %name, path = %path.display(), quarantine = %to.display(), "unrecorded layer storage quarantined");
                                 report.quarantined.push(to);
+                                moved = true;
                             }
+                        }
+                        if !moved {
+                            // Not a path (a thin id): left where it is.
+                            tracing::warn!(pool = %name, layer = id, "unrecorded layer storage left in place");
                         }
                     }
                     Found::Unknown(path) => {
