@@ -255,7 +255,16 @@ impl World {
         // Keep the daemon in `parts` while it starts, so a failed start is
         // still cleaned up.
         parts.daemon = Some(daemon);
-        parts.daemon.as_mut().unwrap().start(&conn).await?;
+        if let Err(e) = parts.daemon.as_mut().unwrap().start(&conn).await {
+            // A new thin pool formats its base device before the daemon
+            // owns its name: under emulation on a loaded host that can
+            // outlast the harness's wait. The second start adopts it.
+            if !(thin && e.contains("did not own")) {
+                return Err(e);
+            }
+            eprintln!("layerd was slow to start (new thin pool); starting it again");
+            parts.daemon.as_mut().unwrap().start(&conn).await?;
+        }
         let mgr = manager_proxy(&conn).await?;
         let peer = peer_proxy(&conn).await?;
         Ok(World {

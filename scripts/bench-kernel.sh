@@ -54,7 +54,9 @@ cleanup() {
 trap cleanup EXIT
 # Copies, so a rebuild on the host cannot change what the VM runs. The
 # bench finds the daemon through LAYERD_BIN (kernel-tier-vm.sh sets it).
-cp "$daemon" "$res/layerd"
+# (under release/: the report checks the daemon's path for a release build)
+mkdir "$res/release"
+cp "$daemon" "$res/release/layerd"
 cp "$bench" "$res/layerd-bench"
 
 # kernel-tier-vm.sh runs "<name> <executable> <args…>" lines; env carries
@@ -66,10 +68,11 @@ for v in $(env | awk -F= '/^LAYERD_BENCH_/ { print $1 }'); do
 done
 : >"$res/plan"
 if [ -n "${LAYERD_BENCH_COMPARE:-}" ]; then
-  cp "$LAYERD_BENCH_COMPARE" "$res/layerd-compare"
-  echo "compare /usr/bin/env $vars LAYERD_BIN=$res/layerd-compare $res/layerd-bench $*" >>"$res/plan"
+  mkdir "$res/release-compare"
+  cp "$LAYERD_BENCH_COMPARE" "$res/release-compare/layerd"
+  echo "compare /usr/bin/env $vars LAYERD_BIN=$res/release-compare/layerd $res/layerd-bench $*" >>"$res/plan"
 fi
-echo "bench /usr/bin/env $vars $res/layerd-bench $*" >>"$res/plan"
+echo "bench /usr/bin/env $vars LAYERD_BIN=$res/release/layerd $res/layerd-bench $*" >>"$res/plan"
 
 echo "bench-kernel: host load average $(cut -d ' ' -f 1-3 /proc/loadavg); booting ${kernel##*/} under qemu (no KVM), timeout ${timeout_s}s"
 echo "bench-kernel: $vars"
