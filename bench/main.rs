@@ -13,6 +13,7 @@ mod diff;
 mod floor;
 mod inproc;
 mod stats;
+mod thin;
 mod world;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ struct Opts {
     walk_reps: usize,
     vfs: bool,
     btrfs: bool,
+    /// The thin table (device-mapper: the kernel-tier VM only).
+    thin: bool,
     /// Parts named on the command line (`overlay`, `vfs`, `btrfs`,
     /// `scale`); empty = all.
     only: Vec<String>,
@@ -68,6 +71,7 @@ impl Opts {
         let on = match name {
             "vfs" => self.vfs,
             "btrfs" => self.btrfs,
+            "thin" => self.thin,
             "scale" => self.layers > 0,
             _ => true,
         };
@@ -85,6 +89,7 @@ impl Opts {
             walk_reps: env_num("LAYERD_BENCH_WALK_REPS", 7usize).max(1),
             vfs: env_num("LAYERD_BENCH_VFS", 1u8) != 0,
             btrfs: env_num("LAYERD_BENCH_BTRFS", 1u8) != 0,
+            thin: env_num("LAYERD_BENCH_THIN", 1u8) != 0 && thin::available(),
             // `cargo bench --bench layerd -- btrfs` passes `--bench` and
             // the filter; anything not an option names a part to run.
             only: std::env::args()
@@ -1234,7 +1239,12 @@ fn scale_json(s: &ScaleResult) -> Value {
 // Main
 // ---------------------------------------------------------------------------
 
-type Measured = (Vec<PoolResult>, Option<ScaleResult>, Option<Value>);
+type Measured = (
+    Vec<PoolResult>,
+    Option<ScaleResult>,
+    Option<Value>,
+    Option<Value>,
+);
 
 async fn measure(w: &mut World, o: &Opts) -> Result<Measured, String> {
     let diffs = if o.diff_reps > 0 {
@@ -1266,6 +1276,12 @@ async fn measure(w: &mut World, o: &Opts) -> Result<Measured, String> {
         }
     }
     drop(ip);
+    let thin = if o.wants("thin") {
+        eprintln!("[latency] thin pool, {} iterations", o.iters);
+        Some(thin::table(w, o).await?)
+    } else {
+        None
+    };
     let scale = if o.wants("scale") {
         let s = scale(w, o).await?;
         print_scale(&s);
@@ -1274,7 +1290,7 @@ async fn measure(w: &mut World, o: &Opts) -> Result<Measured, String> {
         None
     };
 
-    Ok((pools, scale, diffs))
+    Ok((pools, scale, diffs, thin))
 }
 
 async fn run(o: Opts) -> Result<(), String> {
@@ -1308,7 +1324,13 @@ async fn run(o: Opts) -> Result<(), String> {
     if !release {
         eprintln!("warning: layerd is not a release build; run `cargo bench --bench layerd`");
     }
-    let mut w = World::new(o.image_size, &o.daemon_log, o.wants("btrfs")).await?;
+    let mut w = World::new(
+        o.image_size,
+        &o.daemon_log,
+        o.wants("btrfs"),
+        o.wants("thin"),
+    )
+    .await?;
     println!(
         "world: {} sparse xfs (reflink=1) on {} (image in {}, loop direct-io off); store, pools and floors on it; daemon pid {}",
         fmt_bytes(w.image_size),
@@ -1318,7 +1340,7 @@ async fn run(o: Opts) -> Result<(), String> {
     );
 
     let measured = measure(&mut w, &o).await;
-    let (pools, scale, diffs) = match measured {
+    let (pools, scale, diffs, thin) = match measured {
         Ok(v) => v,
         Err(e) => {
             let log = w.daemon_log();
@@ -1351,6 +1373,7 @@ async fn run(o: Opts) -> Result<(), String> {
         })).collect::<Vec<_>>(),
         "scale": scale.as_ref().map(scale_json),
         "diff": diffs,
+        "thin": thin,
     });
     println!();
     println!("{report}");

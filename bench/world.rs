@@ -52,6 +52,8 @@ pub struct World {
     bfs: Option<Fs>,
     bus: Option<Bus>,
     dir: Option<tempfile::TempDir>,
+    /// The xfs holding the daemon's thin pool files (thin table on).
+    thin: Option<PathBuf>,
     pub path: PathBuf,
     pub image_size: u64,
 }
@@ -64,11 +66,13 @@ struct Parts {
     bfs: Option<Fs>,
     bus: Option<Bus>,
     dir: Option<tempfile::TempDir>,
+    thin: Option<PathBuf>,
 }
 
 impl Drop for Parts {
     fn drop(&mut self) {
         teardown(
+            self.thin.take(),
             self.daemon.take(),
             [self.bfs.take(), self.fs.take()],
             self.bus.take(),
@@ -79,6 +83,7 @@ impl Drop for Parts {
 }
 
 fn teardown(
+    thin: Option<PathBuf>,
     daemon: Option<Daemon>,
     fss: [Option<Fs>; 2],
     bus: Option<Bus>,
@@ -92,6 +97,11 @@ fn teardown(
     // Daemon::drop: SIGTERM (SIGKILL after 20 s), then unmounts whatever
     // is left under its run_dir and state_dir.
     drop(daemon);
+    // The daemon's thin pool (layerd never tears its pools down) holds
+    // loop devices over files on the xfs.
+    if let Some(mnt) = thin {
+        crate::thin::teardown_daemon_pool(&mnt);
+    }
     // Fs::drop: unmounts everything under the mount point, detaches the
     // loop device, removes the image.
     drop(fss);
@@ -145,7 +155,13 @@ pub struct Restart {
 
 impl World {
     /// `btrfs`: also a loop-backed btrfs of `image_size` with pool "btrfs".
-    pub async fn new(image_size: u64, daemon_log: &str, btrfs: bool) -> Result<World, String> {
+    /// `thin`: also pool "thin" (thin driver, loop backing on the xfs).
+    pub async fn new(
+        image_size: u64,
+        daemon_log: &str,
+        btrfs: bool,
+        thin: bool,
+    ) -> Result<World, String> {
         if !nix::unistd::geteuid().is_root() {
             return Err("the benchmark needs root (loop devices, mkfs, mount)".into());
         }
@@ -163,8 +179,8 @@ impl World {
         let dir = tempfile::Builder::new()
             .prefix("ldb.")
             .rand_bytes(6)
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("create /tmp/ldb.*: {e}"))?;
+            .tempdir_in(crate::common::test_tmp())
+            .map_err(|e| format!("create ldb.* in the test tmp dir: {e}"))?;
         let path = dir.path().to_path_buf();
         parts.dir = Some(dir);
         {
@@ -222,6 +238,10 @@ impl World {
                 extra: vec![("backing".into(), toml_str("existing"))],
             });
         }
+        if thin {
+            config.pools.push(crate::thin::pool_config(&mnt));
+            parts.thin = Some(mnt.clone());
+        }
         let mut daemon = Daemon::new(config, &path, &address);
         // The harness defaults the daemon to LAYERD_LOG=debug; a benchmark
         // measures the daemon as deployed.
@@ -235,7 +255,16 @@ impl World {
         // Keep the daemon in `parts` while it starts, so a failed start is
         // still cleaned up.
         parts.daemon = Some(daemon);
-        parts.daemon.as_mut().unwrap().start(&conn).await?;
+        if let Err(e) = parts.daemon.as_mut().unwrap().start(&conn).await {
+            // A new thin pool formats its base device before the daemon
+            // owns its name: under emulation on a loaded host that can
+            // outlast the harness's wait. The second start adopts it.
+            if !(thin && e.contains("did not own")) {
+                return Err(e);
+            }
+            eprintln!("layerd was slow to start (new thin pool); starting it again");
+            parts.daemon.as_mut().unwrap().start(&conn).await?;
+        }
         let mgr = manager_proxy(&conn).await?;
         let peer = peer_proxy(&conn).await?;
         Ok(World {
@@ -247,6 +276,7 @@ impl World {
             bfs: parts.bfs.take(),
             bus: parts.bus.take(),
             dir: parts.dir.take(),
+            thin: parts.thin.take(),
             path,
             image_size,
         })
@@ -405,6 +435,7 @@ impl Drop for World {
             self.floor_dir(),
         ];
         teardown(
+            self.thin.take(),
             self.daemon.take(),
             [self.bfs.take(), self.fs.take()],
             self.bus.take(),

@@ -7,6 +7,7 @@ pub mod blockdev;
 pub mod btrfs;
 pub mod copytree;
 pub mod dmevent;
+pub mod dmioctl;
 pub mod host;
 pub mod loopdev;
 pub mod mount;
