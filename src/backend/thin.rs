@@ -89,11 +89,21 @@
 //! the engine calls [`Backend::extend_auto`] from the warning level on. A
 //! loop pool then grows its data file by `autoextend_percent` (capped at
 //! `autoextend_max`), refreshes the loop capacity and reloads the data and
-//! pool tables with the new length and low water mark. A pool that cannot
+//! pool tables with the new length and low water mark. Metadata is watched
+//! and grown the same way: from the warning level of metadata use the
+//! metadata file grows by `autoextend_percent` (at least 1 MiB, capped at
+//! dm-thin's 15.94 GiB) and the meta linear device and the pool are
+//! reloaded; dm-thin takes the larger metadata device on resume. The kernel
+//! raises its own metadata event at min(4 MiB, 25%) free; the timer and
+//! the sampling before each new layer cover the configured level. `Extend`
+//! (Pool.Extend) grows a loop pool's data file by a requested amount
+//! through the same path ([`Thin::grow_files`]); the engine refuses it past
+//! `autoextend_max`, and device/existing backings with what to do instead.
+//! The files' lengths are the truth after a restart. A pool that cannot
 //! grow (device backing, no autoextend, or at its maximum) carries
 //! `error_if_no_space`, so a writer of a full pool gets ENOSPC instead of
-//! hanging. Metadata is not extended yet (its size rule leaves room; its
-//! use is watched like data's).
+//! hanging; metadata that cannot grow makes Prepare PoolFull naming
+//! metadata below `min_free_percent`.
 //!
 //! # Usage and space
 //!
@@ -138,6 +148,13 @@ const SECTOR: u64 = 512;
 const META_BLOCK: u64 = 4096;
 const MIN_META: u64 = 2 << 20;
 const MAX_META: u64 = 16 << 30;
+/// The most metadata dm-thin uses (`THIN_METADATA_MAX_SECTORS` in
+/// drivers/md/dm-thin-metadata.h: 255 × 2^14 blocks of 4 KiB, 15.94 GiB);
+/// automatic metadata growth stops there.
+const KERNEL_META_MAX: u64 = 255 * (1 << 14) * META_BLOCK;
+/// Smallest automatic metadata step: a few percent of a 2 MiB file would
+/// only buy a few blocks.
+const MIN_META_STEP: u64 = 1 << 20;
 
 /// The file system made on the base device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,15 +242,25 @@ pub struct Thin {
     meta_dm: Option<String>,
     /// Pool bytes freed by removals since the last `purge`.
     freed: AtomicU64,
-    /// Loop backing: the data file and the growth policy.
-    grow: Option<Grow>,
+    /// Loop backing: the data and metadata files (Extend grows them).
+    files: Option<LoopFiles>,
+    /// Automatic growth of a loop pool (`autoextend_percent` > 0).
+    auto: Option<AutoGrow>,
+    /// Health warning level, percent: the data low water mark sits there
+    /// and automatic growth starts there.
+    warn_percent: u8,
 }
 
-struct Grow {
+struct LoopFiles {
     data: PathBuf,
+    meta: PathBuf,
+}
+
+struct AutoGrow {
     percent: u8,
+    /// Largest data file (`autoextend_max`); metadata stops at the
+    /// kernel's [`KERNEL_META_MAX`].
     max: u64,
-    warn_percent: u8,
 }
 
 fn unusable(path: &Path, why: impl Into<String>) -> BackendError {
@@ -303,6 +330,20 @@ fn sectors_of(path: &Path) -> Result<u64, BackendError> {
         blockdev::size_of(&f).map_err(|e| BackendError::io("BLKGETSIZE64", path, e))?
     };
     Ok(bytes / SECTOR)
+}
+
+/// Why Extend does not grow a pool of this backing, and what to do.
+pub fn not_growable(backing: &str, path: &Path) -> String {
+    match backing {
+        "existing" => format!(
+            "the thin pool {} has backing \"existing\": layerd did not make it and does not grow it; grow it where it was made (LVM: lvextend -L +SIZE <vg>/<pool>)",
+            path.display()
+        ),
+        _ => format!(
+            "the thin pool on {} has backing \"device\": layerd does not grow block devices; grow the data device itself (a larger partition, disk or logical volume)",
+            path.display()
+        ),
+    }
 }
 
 /// Runs `thin_check` on the metadata; `Err` says how to repair it.
@@ -408,15 +449,21 @@ impl Thin {
                 _ => Some(format!("layerd-{name}-meta")),
             },
             freed: AtomicU64::new(0),
-            grow: match &o.setup {
-                Setup::Loop { dir, .. } if o.autoextend_percent > 0 => Some(Grow {
+            files: match &o.setup {
+                Setup::Loop { dir, .. } => Some(LoopFiles {
                     data: dir.join("data.img"),
-                    percent: o.autoextend_percent,
-                    max: o.autoextend_max,
-                    warn_percent: o.warn_percent,
+                    meta: dir.join("metadata.img"),
                 }),
                 _ => None,
             },
+            auto: match &o.setup {
+                Setup::Loop { .. } if o.autoextend_percent > 0 => Some(AutoGrow {
+                    percent: o.autoextend_percent,
+                    max: o.autoextend_max,
+                }),
+                _ => None,
+            },
+            warn_percent: o.warn_percent,
         };
         t.ensure_base()?;
         // Removals left deferred before a restart or reboot: their holders
@@ -929,8 +976,10 @@ fn activate_pool(
     // Queue writes while the pool can still grow (the daemon extends it
     // from the warning level on); error them when nothing can grow, so a
     // writer of a full pool gets ENOSPC instead of hanging.
-    let can_grow = matches!(setup, Setup::Loop { size, .. }
-        if o.autoextend_percent > 0 && *size < o.autoextend_max);
+    // The data file's length is the truth (Extend may have grown it past
+    // the configured size).
+    let can_grow = matches!(setup, Setup::Loop { .. }
+        if o.autoextend_percent > 0 && *data.size() * SECTOR < o.autoextend_max);
     let mut features = vec!["skip_block_zeroing".to_string()];
     if !can_grow {
         features.push("error_if_no_space".to_string());
@@ -957,50 +1006,90 @@ fn activate_pool(
 }
 
 impl Thin {
-    /// Grows a loop pool's data file by its step (capped at the maximum),
-    /// refreshes the loop device's capacity and reloads the data and pool
-    /// tables with the new length and low water mark. At the maximum the
-    /// pool switches to `error_if_no_space`. `None` when it cannot grow.
-    fn grow_data(&self) -> Result<Option<u64>, BackendError> {
-        let Some(g) = &self.grow else {
+    /// Automatic growth of a loop pool: the data file by its step (capped
+    /// at `autoextend_max`) while data use is at the warning level, the
+    /// metadata file likewise (capped at the kernel's maximum) while
+    /// metadata use is; one reload for both. At the maximum the pool
+    /// switches to `error_if_no_space`. `None` when nothing grew.
+    fn grow_auto(&self) -> Result<Option<u64>, BackendError> {
+        let (Some(files), Some(auto)) = (&self.files, &self.auto) else {
             return Ok(None);
         };
         let _l = crate::engine::lock(&self.lock);
         // Several samplers (dm events, the timer, requests) may ask at
-        // once: grow only while the pool is still at the warning level.
-        if let ThinPoolStatus::Working(w) = self.pool_status()? {
-            let (used, total) = (*w.usage.used_data, *w.usage.total_data);
-            if total > 0 && used * 100 < total * g.warn_percent as u64 {
-                return Ok(None);
+        // once: grow only what is still at the warning level.
+        let ThinPoolStatus::Working(w) = self.pool_status()? else {
+            return Ok(None);
+        };
+        let warn = self.warn_percent as u64;
+        let at_warn = |used: u64, total: u64| total > 0 && used * 100 >= total * warn;
+        let mut data_to = None;
+        if at_warn(*w.usage.used_data, *w.usage.total_data) {
+            let cur = file_len(&files.data)?;
+            data_to = next_data_size(cur, auto.percent, auto.max, self.block_size);
+        }
+        let mut meta_to = None;
+        if at_warn(*w.usage.used_meta, *w.usage.total_meta) {
+            let cur = file_len(&files.meta)?;
+            meta_to = next_metadata_size(cur, auto.percent);
+            if meta_to.is_none() {
+                tracing::error!(pool = %self.name, size = cur, "thin pool metadata is at the kernel's maximum and cannot grow");
             }
         }
-        let cur = fs::metadata(&g.data)
-            .map_err(|e| BackendError::io("stat", &g.data, e))?
-            .len();
-        if cur >= g.max {
+        if data_to.is_none() && meta_to.is_none() {
             return Ok(None);
         }
-        let step = (cur / 100 * g.percent as u64).max(self.block_size);
-        let new = (cur + step).min(g.max) / self.block_size * self.block_size;
-        if new <= cur {
-            return Ok(None);
+        self.grow_files(files, data_to, meta_to)?;
+        Ok(Some(file_len(&files.data)?))
+    }
+
+    /// The one growth path of a loop pool (automatic growth and Extend):
+    /// grows the data and/or metadata file (sparse: `set_len`), refreshes
+    /// their loop devices' capacity, and with the pool suspended reloads
+    /// the grown linear devices and the pool table (new length and low
+    /// water mark; dm-thin picks up a larger metadata device when the pool
+    /// resumes, thin-provisioning.rst "Resizing"). `error_if_no_space` is
+    /// set once the pool cannot grow by itself any more. Caller holds
+    /// `self.lock`.
+    fn grow_files(
+        &self,
+        files: &LoopFiles,
+        data_to: Option<u64>,
+        meta_to: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let mut grown = Vec::new();
+        for (file, to, suffix) in [
+            (&files.data, data_to, "data"),
+            (&files.meta, meta_to, "meta"),
+        ] {
+            let Some(new) = to else { continue };
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .map_err(|e| BackendError::io("open", file, e))?;
+            let cur = f
+                .metadata()
+                .map_err(|e| BackendError::io("stat", file, e))?
+                .len();
+            if new <= cur {
+                continue;
+            }
+            f.set_len(new)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| BackendError::io("grow", file, e))?;
+            let lo = loopdev::find_backing(file)
+                .map_err(|e| BackendError::io("find loop", file, e))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| unusable(file, "is not loop-attached"))?;
+            loopdev::refresh_capacity(&lo)
+                .map_err(|e| BackendError::io("refresh loop capacity", &lo.path(), e))?;
+            let lo_dev = devno(&lo.path())?;
+            grown.push((format!("layerd-{}-{suffix}", self.name), new, lo_dev, cur));
         }
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(&g.data)
-            .map_err(|e| BackendError::io("open", &g.data, e))?;
-        f.set_len(new)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| BackendError::io("grow", &g.data, e))?;
-        let lo = loopdev::find_backing(&g.data)
-            .map_err(|e| BackendError::io("find loop", &g.data, e))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| unusable(&g.data, "is not loop-attached"))?;
-        loopdev::refresh_capacity(&lo)
-            .map_err(|e| BackendError::io("refresh loop capacity", &lo.path(), e))?;
-        let sectors = new / SECTOR;
-        let data_name = format!("layerd-{}-data", self.name);
+        if grown.is_empty() {
+            return Ok(());
+        }
         let pool_id = self.pool_id()?;
         let (_, table) = self
             .dm
@@ -1015,30 +1104,34 @@ impl Thin {
         let mut params =
             devicemapper::ThinPoolTargetParams::from_str(&format!("{} {}", line.2, line.3))
                 .map_err(|e| dm_err("parse pool table", &self.pool_dm, e))?;
+        // The pool is as long as its data device.
+        let data_len = match data_to {
+            Some(n) if grown.iter().any(|g| g.0.ends_with("-data")) => n,
+            _ => line.1 * SECTOR,
+        };
+        let sectors = data_len / SECTOR;
         let blocks = sectors / (self.block_size / SECTOR);
-        params.low_water_mark = DataBlocks(blocks * (100 - g.warn_percent.min(100) as u64) / 100);
-        let at_max = new >= g.max;
-        if at_max {
+        params.low_water_mark =
+            DataBlocks(blocks * (100 - self.warn_percent.min(100) as u64) / 100);
+        let can_grow = self.auto.as_ref().is_some_and(|a| data_len < a.max);
+        if !can_grow {
             params.feature_args.insert("error_if_no_space".to_string());
         }
-        let data_id = DevId::Name(dm_name(&data_name)?);
         let noflush = DmOptions::default().set_flags(DmFlags::DM_SUSPEND | DmFlags::DM_NOFLUSH);
         self.dm
             .device_suspend(&pool_id, noflush)
             .map_err(|e| dm_err("suspend pool", &self.pool_dm, e))?;
         let r = (|| -> Result<(), DmError> {
-            self.dm.table_load(
-                &data_id,
-                &[(
-                    0,
-                    sectors,
-                    "linear".into(),
-                    format!("{} 0", devno_dm(&lo.path())?),
-                )],
-                DmOptions::default(),
-            )?;
-            self.dm.device_suspend(&data_id, noflush)?;
-            self.dm.device_suspend(&data_id, DmOptions::default())?;
+            for (name, new, lo_dev, _) in &grown {
+                let id = DevId::Name(DmName::new(name)?);
+                self.dm.table_load(
+                    &id,
+                    &[(0, new / SECTOR, "linear".into(), format!("{lo_dev} 0"))],
+                    DmOptions::default(),
+                )?;
+                self.dm.device_suspend(&id, noflush)?;
+                self.dm.device_suspend(&id, DmOptions::default())?;
+            }
             use devicemapper::TargetParams;
             self.dm.table_load(
                 &pool_id,
@@ -1051,18 +1144,66 @@ impl Thin {
         let resumed = self.dm.device_suspend(&pool_id, DmOptions::default());
         r.map_err(|e| dm_err("reload pool", &self.pool_dm, e))?;
         resumed.map_err(|e| dm_err("resume pool", &self.pool_dm, e))?;
-        tracing::warn!(pool = %self.name, from = cur, to = new, at_max, "thin pool data extended");
-        Ok(Some(new))
+        for (name, new, _, from) in &grown {
+            tracing::warn!(pool = %self.name, device = %name, from, to = new, error_if_no_space = !can_grow, "thin pool extended");
+        }
+        Ok(())
     }
 }
 
-fn devno_dm(p: &Path) -> Result<Device, DmError> {
-    devno(p).map_err(|e| DmError::Dm(devicemapper::ErrorEnum::Invalid, e.to_string()))
+/// The data file's next size under automatic growth: `percent` of it
+/// (at least one block) more, capped at `max`, whole blocks; `None` when it
+/// cannot grow.
+fn next_data_size(cur: u64, percent: u8, max: u64, block: u64) -> Option<u64> {
+    let step = (cur / 100 * percent as u64).max(block);
+    let new = cur.saturating_add(step).min(max) / block * block;
+    (new > cur).then_some(new)
+}
+
+/// The metadata file's next size under automatic growth: `percent` of it
+/// (at least 1 MiB) more, whole MiB, capped at what dm-thin uses.
+fn next_metadata_size(cur: u64, percent: u8) -> Option<u64> {
+    let step = (cur / 100 * percent as u64).max(MIN_META_STEP);
+    let new = cur.saturating_add(step).div_ceil(MIN_META_STEP) * MIN_META_STEP;
+    let new = new.min(KERNEL_META_MAX);
+    (new > cur).then_some(new)
+}
+
+fn file_len(p: &Path) -> Result<u64, BackendError> {
+    Ok(fs::metadata(p)
+        .map_err(|e| BackendError::io("stat", p, e))?
+        .len())
 }
 
 impl Backend for Thin {
     fn extend_auto(&self) -> Result<Option<u64>, BackendError> {
-        self.grow_data()
+        self.grow_auto()
+    }
+
+    /// Extend: a loop pool's data file grows by `bytes` rounded up to
+    /// whole pool blocks, through the same path as automatic growth. The
+    /// engine has checked `autoextend_max`. Device and existing backings
+    /// are not grown by layerd.
+    fn extend(&self, bytes: u64, ctl: &JobControl) -> Result<u64, BackendError> {
+        let Some(files) = &self.files else {
+            return Err(BackendError::NotSupported(not_growable(
+                self.backing,
+                &self.path,
+            )));
+        };
+        let add = bytes
+            .div_ceil(self.block_size)
+            .saturating_mul(self.block_size);
+        let _l = crate::engine::lock(&self.lock);
+        let cur = file_len(&files.data)?;
+        let new = cur.checked_add(add).ok_or_else(|| {
+            BackendError::NotSupported(format!("{cur} + {add} bytes is too large"))
+        })?;
+        ctl.set_progress(0.1);
+        self.grow_files(files, Some(new), None)?;
+        ctl.set_bytes(add);
+        ctl.set_progress(1.0);
+        Ok(add)
     }
 
     fn driver(&self) -> &'static str {
@@ -1312,6 +1453,26 @@ mod tests {
         // Tiny pools get dm-thin's minimum, huge ones its maximum.
         assert_eq!(metadata_size_for(64 << 20, 64 << 10), 2 << 20);
         assert_eq!(metadata_size_for(1 << 50, 64 << 10), 16 << 30);
+    }
+
+    #[test]
+    fn growth_steps() {
+        const M: u64 = 1 << 20;
+        const B: u64 = 64 << 10;
+        // 20% of 1 GiB, in whole blocks; capped at the maximum; none at it.
+        assert_eq!(next_data_size(1024 * M, 20, 10 << 30, B), Some(19660 * B));
+        assert_eq!(next_data_size(1024 * M, 100, 1536 * M, B), Some(1536 * M));
+        assert_eq!(next_data_size(1536 * M, 100, 1536 * M, B), None);
+        // At least one block.
+        assert_eq!(next_data_size(B, 1, 1 << 30, B), Some(2 * B));
+        // Metadata: 100% of 2 MiB; 20% of 2 MiB is less than the 1 MiB
+        // minimum step; whole MiB; never past dm-thin's 15.94 GiB.
+        assert_eq!(next_metadata_size(2 * M, 100), Some(4 * M));
+        assert_eq!(next_metadata_size(2 * M, 20), Some(3 * M));
+        assert_eq!(next_metadata_size(100 * M, 20), Some(120 * M));
+        assert_eq!(KERNEL_META_MAX, 16320 * M);
+        assert_eq!(next_metadata_size(16000 * M, 20), Some(KERNEL_META_MAX));
+        assert_eq!(next_metadata_size(KERNEL_META_MAX, 20), None);
     }
 
     #[test]

@@ -44,9 +44,11 @@ pub enum Error {
     NotMounted { key: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    #[error("pool {pool:?} has {free_percent:.1}% free space left; new layers need at least {min_free_percent}%")]
+    #[error("pool {pool:?} has {free_percent:.1}% free {what} space left; new layers need at least {min_free_percent}%")]
     PoolFull {
         pool: String,
+        /// `data` or `metadata` (thin): whichever is fuller.
+        what: &'static str,
         free_percent: f64,
         min_free_percent: u8,
     },

@@ -445,6 +445,27 @@ impl Engine {
                         }
                     }
                     Work::Extend(*bytes)
+                } else if driver == Driver::Thin {
+                    if p.spec.backing != Backing::Loop {
+                        return Err(Error::NotSupported(format!(
+                            "pool {pool:?}: {}",
+                            crate::backend::thin::not_growable(backend.backing(), backend.path())
+                        )));
+                    }
+                    // dm-thin grows in whole pool blocks.
+                    let block = p.spec.thin.as_ref().map_or(64 << 10, |t| t.block_size);
+                    let add = bytes.div_ceil(block).saturating_mul(block);
+                    if let Some(max) = p.spec.thresholds.autoextend_max {
+                        let now = backend.space()?.data_size;
+                        let want = now.saturating_add(add);
+                        if want > max {
+                            return Err(Error::InvalidArgument(format!(
+                                "Extend by {bytes} bytes would grow pool {pool:?} from {now} to {want} bytes, above its maximum of {max} bytes (autoextend_max); ask for at most {} bytes or raise autoextend_max",
+                                max.saturating_sub(now)
+                            )));
+                        }
+                    }
+                    Work::Extend(*bytes)
                 } else {
                     return Err(Error::NotSupported(match driver {
                     Driver::Overlay | Driver::Vfs => format!(

@@ -165,10 +165,14 @@ impl Engine {
         let Some(st) = self.sample(pool, false) else {
             return Ok(());
         };
-        let free = 100.0 - st.data_percent().max(st.metadata_percent());
+        // Sampling grew what could grow; what is still too full is refused,
+        // naming the fuller of data and metadata.
+        let (data, meta) = (st.data_percent(), st.metadata_percent());
+        let free = 100.0 - data.max(meta);
         if st.data_size > 0 && free < p.spec.thresholds.min_free_percent as f64 {
             return Err(Error::PoolFull {
                 pool: pool.to_string(),
+                what: if meta > data { "metadata" } else { "data" },
                 free_percent: free,
                 min_free_percent: p.spec.thresholds.min_free_percent,
             });
