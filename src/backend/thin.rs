@@ -207,6 +207,8 @@ pub struct Thin {
     freed: AtomicU64,
     /// Loop backing: the data file and the growth policy.
     grow: Option<Grow>,
+    /// Health warning level: where the low water mark goes on a reload.
+    warn_percent: u8,
 }
 
 struct Grow {
@@ -392,6 +394,7 @@ impl Thin {
                 }),
                 _ => None,
             },
+            warn_percent: o.warn_percent,
         };
         t.ensure_base()?;
         tracing::info!(pool = name, dm = %t.pool_dm, backing, "thin pool ready");
@@ -851,7 +854,23 @@ impl Thin {
             .ok_or_else(|| unusable(&g.data, "is not loop-attached"))?;
         loopdev::refresh_capacity(&lo)
             .map_err(|e| BackendError::io("refresh loop capacity", &lo.path(), e))?;
-        let sectors = new / SECTOR;
+        let at_max = new >= g.max;
+        let dev = devno(&lo.path())?;
+        self.reload_data(dev, new / SECTOR, at_max)?;
+        tracing::warn!(pool = %self.name, from = cur, to = new, at_max, "thin pool data extended");
+        Ok(Some(new))
+    }
+
+    /// Reloads the data linear device onto `dev` with `sectors` and the
+    /// pool table with the new length and low water mark (at the warning
+    /// level), adding `error_if_no_space` when asked; the pool is
+    /// suspended around it and always resumed. The caller holds `lock`.
+    fn reload_data(
+        &self,
+        dev: Device,
+        sectors: u64,
+        error_if_no_space: bool,
+    ) -> Result<(), BackendError> {
         let data_name = format!("layerd-{}-data", self.name);
         let pool_id = self.pool_id()?;
         let (_, table) = self
@@ -868,9 +887,9 @@ impl Thin {
             devicemapper::ThinPoolTargetParams::from_str(&format!("{} {}", line.2, line.3))
                 .map_err(|e| dm_err("parse pool table", &self.pool_dm, e))?;
         let blocks = sectors / (self.block_size / SECTOR);
-        params.low_water_mark = DataBlocks(blocks * (100 - g.warn_percent.min(100) as u64) / 100);
-        let at_max = new >= g.max;
-        if at_max {
+        params.low_water_mark =
+            DataBlocks(blocks * (100 - self.warn_percent.min(100) as u64) / 100);
+        if error_if_no_space {
             params.feature_args.insert("error_if_no_space".to_string());
         }
         let data_id = DevId::Name(dm_name(&data_name)?);
@@ -881,12 +900,7 @@ impl Thin {
         let r = (|| -> Result<(), DmError> {
             self.dm.table_load(
                 &data_id,
-                &[(
-                    0,
-                    sectors,
-                    "linear".into(),
-                    format!("{} 0", devno_dm(&lo.path())?),
-                )],
+                &[(0, sectors, "linear".into(), format!("{dev} 0"))],
                 DmOptions::default(),
             )?;
             self.dm.device_suspend(&data_id, noflush)?;
@@ -903,18 +917,112 @@ impl Thin {
         let resumed = self.dm.device_suspend(&pool_id, DmOptions::default());
         r.map_err(|e| dm_err("reload pool", &self.pool_dm, e))?;
         resumed.map_err(|e| dm_err("resume pool", &self.pool_dm, e))?;
-        tracing::warn!(pool = %self.name, from = cur, to = new, at_max, "thin pool data extended");
-        Ok(Some(new))
+        Ok(())
     }
-}
 
-fn devno_dm(p: &Path) -> Result<Device, DmError> {
-    devno(p).map_err(|e| DmError::Dm(devicemapper::ErrorEnum::Invalid, e.to_string()))
+    /// The device under the linear device `layerd-<pool>-<suffix>` and
+    /// the table's length in sectors.
+    fn linear_of(&self, suffix: &str) -> Result<(Device, u64), BackendError> {
+        let n = format!("layerd-{}-{suffix}", self.name);
+        let (_, table) = self
+            .dm
+            .table_status(
+                &DevId::Name(dm_name(&n)?),
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .map_err(|e| dm_err("table status", &n, e))?;
+        let line = table
+            .first()
+            .ok_or_else(|| unusable(&blockdev::mapper_path(&n), "has no table"))?;
+        let dev = line
+            .3
+            .split(' ')
+            .next()
+            .and_then(|d| Device::from_str(d).ok())
+            .ok_or_else(|| {
+                unusable(
+                    &blockdev::mapper_path(&n),
+                    format!("unexpected linear table {:?}", line.3),
+                )
+            })?;
+        Ok((dev, line.1))
+    }
+
+    /// A device under the pool changed size (udev): a larger data device
+    /// is taken up whole (in whole pool blocks) by the same reload as
+    /// autoextend; a smaller one is an error, since the pool maps blocks
+    /// past its end. Metadata devices are only checked here (their growth
+    /// is taken up by the metadata extension path).
+    fn grow_to_device(&self) -> Result<Option<u64>, BackendError> {
+        if self.backing == "existing" {
+            return Ok(None);
+        }
+        let _l = crate::engine::lock(&self.lock);
+        for suffix in ["meta", "data"] {
+            let (dev, len) = self.linear_of(suffix)?;
+            let now = blockdev::sectors_of_devno(dev.major, dev.minor).map_err(|e| {
+                BackendError::io(
+                    "read device size",
+                    Path::new(&format!("/sys/dev/block/{dev}")),
+                    e,
+                )
+            })?;
+            if now < len {
+                return Err(unusable(
+                    &self.path,
+                    format!(
+                        "its {} device {dev} shrank to {} bytes, but the pool uses {} bytes of it",
+                        if suffix == "meta" { "metadata" } else { "data" },
+                        now * SECTOR,
+                        len * SECTOR
+                    ),
+                ));
+            }
+            if suffix == "meta" {
+                continue;
+            }
+            let block = self.block_size / SECTOR;
+            let sectors = now / block * block;
+            if sectors <= len {
+                return Ok(None);
+            }
+            self.reload_data(dev, sectors, self.grow.is_none())?;
+            tracing::warn!(pool = %self.name, device = %dev, from = len * SECTOR, to = sectors * SECTOR, "data device grew: thin pool resized to it");
+            return Ok(Some(sectors * SECTOR));
+        }
+        Ok(None)
+    }
 }
 
 impl Backend for Thin {
     fn extend_auto(&self) -> Result<Option<u64>, BackendError> {
         self.grow_data()
+    }
+
+    fn backing_devices(&self) -> Vec<crate::backend::BackingDevice> {
+        if self.backing == "existing" {
+            return Vec::new();
+        }
+        [("data", "data"), ("meta", "metadata")]
+            .into_iter()
+            .filter_map(|(suffix, role)| {
+                let (dev, _) = self
+                    .linear_of(suffix)
+                    .map_err(|e| tracing::warn!(pool = %self.name, error = %e, "cannot watch a backing device"))
+                    .ok()?;
+                Some(crate::backend::BackingDevice {
+                    role,
+                    major: dev.major,
+                    minor: dev.minor,
+                    name: blockdev::name_of_devno(dev.major, dev.minor)
+                        .unwrap_or_else(|| dev.to_string()),
+                })
+            })
+            .collect()
+    }
+
+    fn device_resized(&self) -> Result<Option<u64>, BackendError> {
+        self.grow_to_device()
     }
 
     fn driver(&self) -> &'static str {
