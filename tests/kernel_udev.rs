@@ -59,6 +59,10 @@ impl Loops {
 
 impl Drop for Loops {
     fn drop(&mut self) {
+        // The pool on these devices goes first, also when the fixture
+        // never came up (a failed start leaves an active pool that the
+        // next test would adopt).
+        teardown_thin_pool("main", &test_tmp().join("no-loop-files"));
         for (dev, file) in self.0.drain(..) {
             let _ = Command::new("losetup").arg("-d").arg(&dev).status();
             let _ = fs::remove_file(file);
@@ -72,6 +76,7 @@ struct ScsiDebug;
 
 impl Drop for ScsiDebug {
     fn drop(&mut self) {
+        teardown_thin_pool("main", &test_tmp().join("no-loop-files"));
         let _ = Command::new("modprobe").args(["-r", "scsi_debug"]).status();
     }
 }
