@@ -7,6 +7,9 @@ pkgs=(btrfs-progs xfsprogs e2fsprogs dbus util-linux kmod attr libcap2-bin)
 pkgs+=(systemd-container)
 # The devicemapper crate's build runs bindgen on libdevmapper's headers.
 pkgs+=(clang pkg-config libdevmapper-dev)
+# The udev crate links libudev (found with pkg-config); the kernel-tier VM
+# runs the host's systemd-udevd (package udev) beside the daemon.
+pkgs+=(libudev-dev udev)
 # Kernel tier (scripts/test-kernel.sh): Debian's kernel booted under qemu by
 # virtme-ng, since the host kernel has no device-mapper.
 pkgs+=(linux-image-amd64 busybox-static qemu-system-x86 thin-provisioning-tools)

@@ -15,6 +15,14 @@ export LAYERD_KERNEL_TIER=1 CI=1 RUST_BACKTRACE=1
 # The daemon copy scripts/test-kernel.sh made (tests/common: Daemon::binary).
 export LAYERD_BIN=$res/layerd
 modprobe -a loop dm-mod dm-thin-pool overlay xfs ext4 || echo "vm: modprobe failed"
+# The product runs beside udevd (the devicemapper crate waits for its dm
+# rules; tests/kernel_udev.rs watches its events). virtme-ng's init starts
+# systemd-udevd; should it not, start the real one here.
+if [ ! -e /run/udev/control ]; then
+  echo "vm: no udevd: starting systemd-udevd"
+  /lib/systemd/systemd-udevd --daemon && udevadm trigger --action=add && udevadm settle
+fi
+echo "vm: udevd: $(pgrep -a systemd-udevd | head -n 1 || echo none)"
 # /tmp is an overlay on the host's /tmp (the test binaries live there, so
 # keep it); the tests' files go on a tmpfs of their own. tmpfs has no
 # O_DIRECT on 6.1: loop devices stay on buffered I/O (--direct-io=off).

@@ -933,3 +933,66 @@ async fn extend_refused_on_existing_btrfs() {
     assert!(err_message(&e).unwrap().contains("existing"));
     f.finish();
 }
+
+/// udev (the kernel's uevents here, where no udevd runs): the device of a
+/// `device`-backed pool grows (its loop file made larger, then
+/// LOOP_SET_CAPACITY: a `change` uevent) and the daemon resizes the btrfs
+/// to it by itself: DataSize and Unallocated rise without Extend or a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_growth_is_picked_up_by_udev() {
+    if skip() {
+        return;
+    }
+    let mut w = World::new();
+    let dev = w.device("grow.img", 512 * MIB, None);
+    w.start(vec![("backing".into(), toml_str("device"))], &dev)
+        .await;
+    let pool = w.pool().await;
+    assert_eq!(must(pool.health().await, "Health"), "ok");
+    let size0 = must(pool.data_size().await, "DataSize");
+    let un0 = must(pool.unallocated().await, "Unallocated");
+    let img = w.dir.join("grow.img");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(1024 * MIB)
+        .unwrap();
+    let out = Command::new("losetup")
+        .arg("-c")
+        .arg(&dev)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "losetup -c: {out:?}");
+    let t0 = std::time::Instant::now();
+    let limit = deadline(std::time::Duration::from_secs(30));
+    let size1 = loop {
+        let s = must(pool.data_size().await, "DataSize");
+        if s > size0 {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "DataSize still {s} {limit:?} after the device grew"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let took = t0.elapsed();
+    let un1 = must(pool.unallocated().await, "Unallocated");
+    assert!(
+        un1 >= un0 + 400 * MIB,
+        "Unallocated {un0} → {un1}: the 512 MiB the device gained are not there"
+    );
+    let log = w.daemon().log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("udev event on a backing device handled")
+                && l.contains("action=change")),
+        "the growth was not taken up from a uevent; daemon log:\n{log}"
+    );
+    eprintln!("btrfs device growth: DataSize {size0} → {size1} {took:?} after losetup -c returned");
+    let mgr = w.mgr().await;
+    must(mgr.prepare("a", "", l()).await, "Prepare after the growth");
+    w.daemon().stop();
+}

@@ -961,6 +961,66 @@ impl Backend for Btrfs {
         Ok(grown)
     }
 
+    /// Every device of the file system (a `device` backing's, the loop
+    /// device of a `loop` one, those of an `existing` btrfs).
+    fn backing_devices(&self) -> Vec<crate::backend::BackingDevice> {
+        let devs = match sys::devices(&self.root) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(pool = %self.root.display(), error = %e, "cannot list the btrfs devices to watch");
+                return Vec::new();
+            }
+        };
+        devs.iter()
+            .filter_map(|d| {
+                let r = rdev(&d.path)?;
+                let (major, minor) = (
+                    nix::sys::stat::major(r) as u32,
+                    nix::sys::stat::minor(r) as u32,
+                );
+                Some(crate::backend::BackingDevice {
+                    role: "device",
+                    major,
+                    minor,
+                    name: crate::sys::blockdev::name_of_devno(major, minor)
+                        .unwrap_or_else(|| d.path.display().to_string()),
+                })
+            })
+            .collect()
+    }
+
+    /// `device` backing: a device that grew is taken up whole, as Extend
+    /// does (`btrfs filesystem resize <devid>:max`). A `loop` pool grows
+    /// by Extend, an `existing` one is not layerd's to resize.
+    fn device_resized(&self) -> Result<Option<u64>, BackendError> {
+        if self.backing != "device" {
+            return Ok(None);
+        }
+        let devs = sys::devices(&self.root)
+            .map_err(|e| BackendError::io("btrfs device info", &self.root, e))?;
+        let mut grown = false;
+        for d in &devs {
+            let Some(r) = rdev(&d.path) else { continue };
+            let (major, minor) = (
+                nix::sys::stat::major(r) as u32,
+                nix::sys::stat::minor(r) as u32,
+            );
+            let size = crate::sys::blockdev::sectors_of_devno(major, minor)
+                .map_err(|e| BackendError::io("read device size", &d.path, e))?
+                * 512;
+            if size > d.total_bytes {
+                sys::resize_max(&self.root, d.devid)
+                    .map_err(|e| BackendError::io("btrfs resize", &self.root, e))?;
+                tracing::info!(pool = %self.root.display(), devid = d.devid, from = d.total_bytes, to = size, "btrfs device grew: resized to it");
+                grown = true;
+            }
+        }
+        if !grown {
+            return Ok(None);
+        }
+        Ok(Some(self.space()?.data_size))
+    }
+
     fn can_limit_size(&self) -> bool {
         true
     }

@@ -79,6 +79,18 @@ impl JobControl {
     }
 }
 
+/// A block device a pool's storage sits on, which the monitor watches
+/// through udev: growth is taken up, disappearance fails the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingDevice {
+    /// What the pool uses it for: `data`, `metadata`, `device`.
+    pub role: &'static str,
+    pub major: u32,
+    pub minor: u32,
+    /// Kernel name (`sdb`, `loop3`) when the pool was opened.
+    pub name: String,
+}
+
 /// Usage filters of one balance pass, in percent (btrfs `-dusage`, `-musage`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BalanceOptions {
@@ -184,6 +196,19 @@ pub trait Backend: Send + Sync {
     /// loop-backed thin pool); the new data size, or `None` when nothing
     /// can grow. The engine calls it when Health reaches `warning`.
     fn extend_auto(&self) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
+
+    /// Block devices under the pool, for the monitor's udev watch
+    /// (default: none watched).
+    fn backing_devices(&self) -> Vec<BackingDevice> {
+        Vec::new()
+    }
+    /// A backing device changed (udev `change`, e.g. a resize): take up a
+    /// grown device; the new data size when the pool grew, `None` when
+    /// nothing changed; an error when a device no longer holds what the
+    /// pool uses (shrunk, emptied), which fails the pool.
+    fn device_resized(&self) -> Result<Option<u64>, BackendError> {
         Ok(None)
     }
 

@@ -1090,6 +1090,16 @@ impl Thin {
         if grown.is_empty() {
             return Ok(());
         }
+        self.reload_grown(&grown)
+    }
+
+    /// Reloads the grown linear devices under the pool (`grown`: dm name,
+    /// new bytes, device under it, old bytes) and the pool table with the
+    /// new length and low water mark (at the warning level), adding
+    /// `error_if_no_space` once the pool cannot grow by itself; the pool is
+    /// suspended around it and always resumed. Used by loop growth and by a
+    /// data device that grew (udev). Caller holds `self.lock`.
+    fn reload_grown(&self, grown: &[(String, u64, Device, u64)]) -> Result<(), BackendError> {
         let pool_id = self.pool_id()?;
         let (_, table) = self
             .dm
@@ -1105,10 +1115,10 @@ impl Thin {
             devicemapper::ThinPoolTargetParams::from_str(&format!("{} {}", line.2, line.3))
                 .map_err(|e| dm_err("parse pool table", &self.pool_dm, e))?;
         // The pool is as long as its data device.
-        let data_len = match data_to {
-            Some(n) if grown.iter().any(|g| g.0.ends_with("-data")) => n,
-            _ => line.1 * SECTOR,
-        };
+        let data_len = grown
+            .iter()
+            .find(|g| g.0.ends_with("-data"))
+            .map_or(line.1 * SECTOR, |g| g.1);
         let sectors = data_len / SECTOR;
         let blocks = sectors / (self.block_size / SECTOR);
         params.low_water_mark =
@@ -1122,7 +1132,7 @@ impl Thin {
             .device_suspend(&pool_id, noflush)
             .map_err(|e| dm_err("suspend pool", &self.pool_dm, e))?;
         let r = (|| -> Result<(), DmError> {
-            for (name, new, lo_dev, _) in &grown {
+            for (name, new, lo_dev, _) in grown {
                 let id = DevId::Name(DmName::new(name)?);
                 self.dm.table_load(
                     &id,
@@ -1144,10 +1154,84 @@ impl Thin {
         let resumed = self.dm.device_suspend(&pool_id, DmOptions::default());
         r.map_err(|e| dm_err("reload pool", &self.pool_dm, e))?;
         resumed.map_err(|e| dm_err("resume pool", &self.pool_dm, e))?;
-        for (name, new, _, from) in &grown {
+        for (name, new, _, from) in grown {
             tracing::warn!(pool = %self.name, device = %name, from, to = new, error_if_no_space = !can_grow, "thin pool extended");
         }
         Ok(())
+    }
+
+    /// The device under the linear device `layerd-<pool>-<suffix>` and
+    /// the table's length in sectors.
+    fn linear_of(&self, suffix: &str) -> Result<(Device, u64), BackendError> {
+        let n = format!("layerd-{}-{suffix}", self.name);
+        let (_, table) = self
+            .dm
+            .table_status(
+                &DevId::Name(dm_name(&n)?),
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .map_err(|e| dm_err("table status", &n, e))?;
+        let line = table
+            .first()
+            .ok_or_else(|| unusable(&blockdev::mapper_path(&n), "has no table"))?;
+        let dev = line
+            .3
+            .split(' ')
+            .next()
+            .and_then(|d| Device::from_str(d).ok())
+            .ok_or_else(|| {
+                unusable(
+                    &blockdev::mapper_path(&n),
+                    format!("unexpected linear table {:?}", line.3),
+                )
+            })?;
+        Ok((dev, line.1))
+    }
+
+    /// A device under the pool changed size (udev): a larger data device
+    /// is taken up whole (in whole pool blocks) by the same reload as
+    /// autoextend; a smaller one is an error, since the pool maps blocks
+    /// past its end. Metadata devices are only checked here (their growth
+    /// is taken up by the metadata extension path).
+    fn grow_to_device(&self) -> Result<Option<u64>, BackendError> {
+        if self.backing == "existing" {
+            return Ok(None);
+        }
+        let _l = crate::engine::lock(&self.lock);
+        for suffix in ["meta", "data"] {
+            let (dev, len) = self.linear_of(suffix)?;
+            let now = blockdev::sectors_of_devno(dev.major, dev.minor).map_err(|e| {
+                BackendError::io(
+                    "read device size",
+                    Path::new(&format!("/sys/dev/block/{dev}")),
+                    e,
+                )
+            })?;
+            if now < len {
+                return Err(unusable(
+                    &self.path,
+                    format!(
+                        "its {} device {dev} shrank to {} bytes, but the pool uses {} bytes of it",
+                        if suffix == "meta" { "metadata" } else { "data" },
+                        now * SECTOR,
+                        len * SECTOR
+                    ),
+                ));
+            }
+            if suffix == "meta" {
+                continue;
+            }
+            let block = self.block_size / SECTOR;
+            let sectors = now / block * block;
+            if sectors <= len {
+                return Ok(None);
+            }
+            let data = format!("layerd-{}-data", self.name);
+            self.reload_grown(&[(data, sectors * SECTOR, dev, len * SECTOR)])?;
+            tracing::warn!(pool = %self.name, device = %dev, from = len * SECTOR, to = sectors * SECTOR, "data device grew: thin pool resized to it");
+            return Ok(Some(sectors * SECTOR));
+        }
+        Ok(None)
     }
 }
 
@@ -1204,6 +1288,32 @@ impl Backend for Thin {
         ctl.set_bytes(add);
         ctl.set_progress(1.0);
         Ok(add)
+    }
+
+    fn backing_devices(&self) -> Vec<crate::backend::BackingDevice> {
+        if self.backing == "existing" {
+            return Vec::new();
+        }
+        [("data", "data"), ("meta", "metadata")]
+            .into_iter()
+            .filter_map(|(suffix, role)| {
+                let (dev, _) = self
+                    .linear_of(suffix)
+                    .map_err(|e| tracing::warn!(pool = %self.name, error = %e, "cannot watch a backing device"))
+                    .ok()?;
+                Some(crate::backend::BackingDevice {
+                    role,
+                    major: dev.major,
+                    minor: dev.minor,
+                    name: blockdev::name_of_devno(dev.major, dev.minor)
+                        .unwrap_or_else(|| dev.to_string()),
+                })
+            })
+            .collect()
+    }
+
+    fn device_resized(&self) -> Result<Option<u64>, BackendError> {
+        self.grow_to_device()
     }
 
     fn driver(&self) -> &'static str {

@@ -204,6 +204,8 @@ impl Engine {
             .ok_or_else(|| Error::NotFound(key.to_string()))?;
         self.check_committable(&rec, key)?;
         self.check_no_diff(&rec, key)?;
+        // A failed pool refuses before any intent is written.
+        self.get_pool(&rec.pool)?.backend()?;
         self.release_pin(rec.id)?;
         // Intent, durable: the name is taken and the commit will be
         // finished by recovery if we die after this point.
@@ -292,6 +294,7 @@ impl Engine {
             check(rec, children, mref)
         })?;
         self.check_no_diff(&rec, key)?;
+        self.get_pool(&rec.pool)?.backend()?;
         self.release_pin(rec.id)?;
         // Durable: the record goes and a tombstone says the storage may
         // still need removing; recovery finishes it.

@@ -10,6 +10,7 @@
 //! finds half done.
 
 pub mod autobalance;
+mod backing;
 pub mod diff;
 pub mod error;
 pub mod fault;
@@ -144,10 +145,20 @@ pub(crate) struct Pool {
     /// `status` (a job is started while `auto` is held; `sample` reads
     /// `auto` before it locks `status`).
     auto: Mutex<autobalance::State>,
+    /// Set when a block device under the pool disappeared or shrank
+    /// (backing.rs): why the pool is `failed` until the daemon restarts.
+    lost: Mutex<Option<String>>,
 }
 
 impl Pool {
     fn backend(&self) -> Result<&dyn Backend> {
+        if let Some(reason) = lock(&self.lost).clone() {
+            return Err(Error::PoolUnavailable {
+                pool: self.spec.name.clone(),
+                health: Health::Failed.as_str(),
+                reason,
+            });
+        }
         match &self.backend {
             Ok(b) => Ok(b.as_ref()),
             Err(reason) => Err(Error::PoolUnavailable {
@@ -229,6 +240,7 @@ impl Engine {
                     status: Mutex::new(status),
                     layer_count: AtomicU64::new(0),
                     auto: Mutex::new(autobalance::State::default()),
+                    lost: Mutex::new(None),
                 },
             );
         }
@@ -348,6 +360,13 @@ impl Engine {
                     st.health = Health::Failed;
                     st.reason = e.to_string();
                 }
+            }
+            if let Some(why) = lock(&p.lost).clone() {
+                // The numbers may still read (dm status needs no I/O),
+                // but nothing below the pool can be trusted or grown.
+                st.health = Health::Failed;
+                st.reason = why;
+                space_read = None;
             }
             st.layer_count = p.layer_count.load(Ordering::Relaxed);
             (st.clone(), old)

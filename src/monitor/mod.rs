@@ -1,13 +1,16 @@
 //! Usage watching. For directory pools the only signal is the file
 //! system's own numbers, so the monitor samples every pool on a timer (the
 //! engine also samples after operations that change space) and the engine
-//! turns level changes into events. dm events and udev join here with the
-//! thin and btrfs drivers.
+//! turns level changes into events; with thin pools, dm events wake it
+//! too. udev.rs watches the block devices under the pools (growth taken
+//! up, disappearance fails the pool).
 //!
 //! Starting the monitor is what lets the engine act by itself
 //! ([`Engine::watch`]): a btrfs pool whose unallocated space falls below
 //! its threshold gets an automatic balance at the sample that sees it
 //! (engine/autobalance.rs).
+
+mod udev;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +28,7 @@ pub async fn run(engine: Arc<Engine>, every: Duration) {
     if engine.has_thin() {
         watch_dm_events(engine.clone(), every);
     }
+    udev::watch(engine.clone());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

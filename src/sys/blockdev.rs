@@ -141,3 +141,27 @@ pub fn is_zeroed(path: &Path, len: usize) -> io::Result<bool> {
     }
     Ok(buf[..got].iter().all(|&b| b == 0))
 }
+
+/// Whether block device `major:minor` exists: sysfs drops its
+/// `/sys/dev/block` link when the disk is deleted, even while a holder
+/// (a dm table) still has it open.
+pub fn present(major: u32, minor: u32) -> bool {
+    Path::new(&format!("/sys/dev/block/{major}:{minor}")).exists()
+}
+
+/// Size of block device `major:minor` in 512-byte sectors, from sysfs
+/// (no open: a device that is going away may have no node left).
+pub fn sectors_of_devno(major: u32, minor: u32) -> io::Result<u64> {
+    let s = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/size"))?;
+    s.trim()
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("sysfs size {s:?}: {e}")))
+}
+
+/// Kernel name of block device `major:minor` (`sdb`, `loop3`), if it exists.
+pub fn name_of_devno(major: u32, minor: u32) -> Option<String> {
+    fs::read_link(format!("/sys/dev/block/{major}:{minor}"))
+        .ok()?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}

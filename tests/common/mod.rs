@@ -761,12 +761,16 @@ impl DaemonConfig {
         );
         for p in &self.pools {
             s.push_str(&format!(
-                "\n[[pool]]\nname = {}\ndriver = {}\npath = {}\n",
+                "\n[[pool]]\nname = {}\ndriver = {}\n",
                 toml_str(&p.name),
                 toml_str(&p.driver),
-                toml_str(&p.path.to_string_lossy())
             ));
-            for (k, v) in &p.extra {
+            // An extra `path` (a device backing's device) replaces the
+            // pool directory; an empty value drops the key.
+            if !p.extra.iter().any(|(k, _)| k == "path") {
+                s.push_str(&format!("path = {}\n", toml_str(&p.path.to_string_lossy())));
+            }
+            for (k, v) in p.extra.iter().filter(|(_, v)| !v.is_empty()) {
                 s.push_str(&format!("{k} = {v}\n"));
             }
         }
@@ -1399,6 +1403,8 @@ impl Fixture {
 
     /// Like [`Fixture::new`], with more (or other) `key = value` lines in
     /// the pool's config (values TOML-encoded), e.g. a smaller thin pool.
+    /// An empty value drops a default key; a `path` replaces the pool
+    /// directory (e.g. the data device of `backing = "device"`).
     pub async fn new_with(backend: Backend, extra: &[(&str, String)]) -> Option<Fixture> {
         if backend.skip(backend.name()) {
             return None;
