@@ -81,11 +81,6 @@ else
   # dm names are host-wide); each makes a pool and formats its base device
   # under emulation, ~1 min a scenario, so this target takes ~40 min.
   for t in $(awk '$1 ~ /^kernel_/ { print $1 }' <<<"$exes" | sort); do
-    # Not yet proven green in the VM (daemon starts timed out on a loaded
-    # host): run them alone with `scripts/test-kernel.sh kernel_thin_crash`
-    # and `scripts/test-kernel.sh kernel_udev`.
-    [ "$t" = kernel_thin_crash ] && continue
-    [ "$t" = kernel_udev ] && continue
     echo "$t $(exe "$t") --ignored --test-threads=2" >>"$res/plan"
   done
   # The host-tier harness (loop devices, mkfs, bus, daemon) in the VM: two

@@ -169,11 +169,19 @@ async fn data_device_growth_is_picked_up() {
     };
     let took = t0.elapsed();
     assert_eq!(size1, 384 * MIB, "DataSize after growing the device");
+    // The daemon logs the event as handled just after DataSize changes.
+    let handled = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("udev event on a backing device handled") && l.contains("action=change")
+        })
+    };
+    let t1 = Instant::now();
+    while !handled(&f.daemon().log_text()) && t1.elapsed() < deadline(Duration::from_secs(5)) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = f.daemon().log_text();
     assert!(
-        log.lines()
-            .any(|l| l.contains("udev event on a backing device handled")
-                && l.contains("action=change")),
+        handled(&log),
         "the growth was not taken up from a udev change event; daemon log:\n{log}"
     );
     assert_eq!(must(pool.health().await, "Health"), "ok");
