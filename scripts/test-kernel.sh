@@ -15,14 +15,14 @@
 #
 # Kernel-tier targets are tests/kernel_*.rs; their tests are #[ignore]d so
 # the host run lists them as ignored, and run here with --ignored.
-# Environment: LAYERD_VM_TIMEOUT (seconds, default 4200), LAYERD_VM_KERNEL
+# Environment: LAYERD_VM_TIMEOUT (seconds, default 4500), LAYERD_VM_KERNEL
 # (a vmlinuz path; default the newest /boot/vmlinuz-*), LAYERD_VM_KEEP=1
 # keeps the results directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 [ "$(id -u)" = 0 ] || { echo "the kernel tier needs root (loop devices, dm, mounts)" >&2; exit 1; }
-timeout_s=${LAYERD_VM_TIMEOUT:-4200}
+timeout_s=${LAYERD_VM_TIMEOUT:-4500}
 t0=$(date +%s)
 
 # pip's script directory holds vng and the virtme-run it calls by name.
