@@ -208,6 +208,20 @@ async fn autoextend_emits_usage_alert() {
     let mut alerts = pool.receive_usage_alert().await.unwrap();
     f.prepare("w", "").await;
     let m = f.mount("w", Via::Daemon).await;
+    // The test's own dm event listener, armed before the writer starts: the
+    // first event it sees is the pool crossing its low water mark, so the
+    // time from it to the UsageAlert reaching this client is the kernel
+    // event → signal latency, as a caller sees it.
+    let events = layerd::sys::dmevent::DmEvents::open().expect("arming dm events");
+    let kernel_event = std::thread::spawn(move || -> Option<Instant> {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(600) {
+            if events.wait(Duration::from_millis(500)).ok()? {
+                return Some(Instant::now());
+            }
+        }
+        None
+    });
     let target = m.path.join("fill");
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Instant> {
         let mut file = fs::File::create(&target)?;
@@ -251,7 +265,20 @@ async fn autoextend_emits_usage_alert() {
     } else {
         format!("{:?} after the writer's fsync returned", first - synced)
     };
-    eprintln!("autoextend: alerts {levels:?}; first UsageAlert {lead}; DataSize {size0} → {size1}");
+    let event = kernel_event
+        .join()
+        .unwrap()
+        .expect("no dm event seen by the test while the pool crossed its low water mark");
+    // Reported, not asserted (tests do not time): a timer sample can see the
+    // crossing a moment before this thread wakes for the event.
+    let latency = if event <= first {
+        format!("{:?}", first - event)
+    } else {
+        format!("-{:?} (a timer sample was first)", event - first)
+    };
+    eprintln!(
+        "autoextend: alerts {levels:?}; kernel dm event → UsageAlert at this client: {latency}; first UsageAlert {lead}; DataSize {size0} → {size1}"
+    );
     f.unmount(m).await;
     f.finish();
 }
