@@ -4,7 +4,8 @@
 //! grows (LOOP_SET_CAPACITY: a real `change` uevent) is taken up without a
 //! restart; a data device that really disappears (a scsi_debug disk
 //! deleted through sysfs: a real `remove` uevent) fails the pool while the
-//! daemon keeps answering.
+//! daemon keeps answering. Also here, since it needs the same device
+//! backings: an active pool on other devices is not adopted.
 
 #[macro_use]
 #[path = "common/mod.rs"]
@@ -310,5 +311,89 @@ async fn vanished_data_device_fails_the_pool() {
     eprintln!("udev removal: Health failed {took:?} after the disk was deleted; reason: {reason}");
     f.daemon_mut().stop();
     drop(f);
+    drop(loops);
+}
+
+/// Points the stopped daemon's pool at other data and metadata devices.
+fn set_pool_devices(d: &mut Daemon, data: &str, meta: &str) {
+    let pool = &mut d.config.pools[0];
+    for (k, v) in [("path", data), ("metadata_device", meta)] {
+        pool.extra.retain(|(ek, _)| ek != k);
+        pool.extra.push((k.to_string(), toml_str(v)));
+    }
+    fs::write(&d.config_path, d.config.to_toml()).unwrap();
+}
+
+/// The table of dm device `name` (`dmsetup table`: a test may use dmsetup).
+fn dm_table(name: &str) -> String {
+    run("dmsetup", &["table", name])
+}
+
+/// An active `layerd-main-pool` that stands on other devices is not
+/// adopted: with the config pointed at two fresh devices while the pool of
+/// the first two is active, the pool is `failed` with a reason naming the
+/// other pool, Prepare is refused, and neither the active pool nor the
+/// fresh devices are touched; with the config back, the pool and its layer
+/// are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "kernel tier: runs in the VM (scripts/test-kernel.sh)"]
+async fn active_pool_on_other_devices_is_not_adopted() {
+    require_kernel_tier("active_pool_on_other_devices_is_not_adopted");
+    let mut loops = Loops::default();
+    let tmp = test_tmp();
+    let pid = std::process::id();
+    let data = loops.attach(&tmp.join(format!("adopt-data.{pid}")), 128 * MIB);
+    let meta = loops.attach(&tmp.join(format!("adopt-meta.{pid}")), 16 * MIB);
+    let data2 = loops.attach(&tmp.join(format!("adopt-data2.{pid}")), 128 * MIB);
+    let meta2_file = tmp.join(format!("adopt-meta2.{pid}"));
+    let meta2 = loops.attach(&meta2_file, 16 * MIB);
+    let Some(mut f) = Fixture::new_with(Backend::Thin, &device_pool(&data, &meta)).await else {
+        return;
+    };
+    f.prepare("kept", "").await;
+    let tables: Vec<String> = ["pool", "data", "meta"]
+        .iter()
+        .map(|r| dm_table(&format!("layerd-main-{r}")))
+        .collect();
+
+    // The pool stays active across a stop (a restart adopts it).
+    let (st, killed) = f.daemon_mut().stop().expect("layerd was running");
+    assert!(st.success() && !killed, "layerd did not stop cleanly: {st}");
+    set_pool_devices(f.daemon_mut(), &data2, &meta2);
+    f.start().await;
+    let pool = f.pool("main").await;
+    assert_eq!(must(pool.health().await, "Health"), "failed");
+    let reason = must(pool.health_reason().await, "HealthReason");
+    assert!(
+        reason.contains("another pool named \"main\" is active") && reason.contains(&meta2),
+        "HealthReason does not say that another pool is active: {reason}"
+    );
+    let e = f.mgr.prepare("new", "", default_labels()).await;
+    assert!(
+        e.is_err(),
+        "Prepare in a pool on the wrong devices succeeded"
+    );
+    let now: Vec<String> = ["pool", "data", "meta"]
+        .iter()
+        .map(|r| dm_table(&format!("layerd-main-{r}")))
+        .collect();
+    assert_eq!(now, tables, "the active pool's tables changed");
+    let mut head = vec![0u8; 4096];
+    fs::File::open(&meta2_file)
+        .and_then(|mut m| std::io::Read::read_exact(&mut m, &mut head))
+        .unwrap();
+    assert!(
+        head.iter().all(|b| *b == 0),
+        "the fresh metadata device was written"
+    );
+
+    let (st, killed) = f.daemon_mut().stop().expect("layerd was running");
+    assert!(st.success() && !killed, "layerd did not stop cleanly: {st}");
+    set_pool_devices(f.daemon_mut(), &data, &meta);
+    f.start().await;
+    let pool = f.pool("main").await;
+    assert_eq!(must(pool.health().await, "Health"), "ok");
+    assert_eq!(f.stat("kept").await.kind, "active");
+    f.finish();
     drop(loops);
 }

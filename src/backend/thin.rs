@@ -414,9 +414,8 @@ impl Thin {
                         "is not a thin pool (its table has no thin-pool target)",
                     ));
                 }
-                if let Setup::Loop { dir, .. } = &o.setup {
-                    check_adopted_loop(&dm, name, dir)?;
-                }
+                let params = table.first().map(|t| t.3.as_str()).unwrap_or("");
+                check_adopted(&dm, name, params, &o.setup)?;
                 tracing::info!(pool = name, dm = %pool_dm, "thin pool is active: adopted");
                 info.device()
             }
@@ -869,35 +868,68 @@ fn write_pending(dir: &Path, ids: &BTreeSet<u64>) -> Result<(), BackendError> {
         .map_err(|e| BackendError::io("fsync", dir, e))
 }
 
-/// An active `layerd-<name>-pool` is only adopted if its data device is the
-/// loop device of this pool's `data.img`: the same pool name in another
-/// state directory (another daemon, a test) must not be taken over.
-fn check_adopted_loop(dm: &DM, name: &str, dir: &Path) -> Result<(), BackendError> {
-    let data = dir.join("data.img");
-    let linear = format!("layerd-{name}-data");
-    let mine: Vec<String> = loopdev::find_backing(&data)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|d| devno(&d.path()).ok())
-        .map(|d| d.to_string())
-        .collect();
-    let table = dm
-        .table_status(
-            &DevId::Name(dm_name(&linear)?),
-            DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
-        )
-        .ok()
-        .and_then(|(_, t)| t.first().map(|l| l.3.clone()))
-        .unwrap_or_default();
-    let dev = table.split(' ').next().unwrap_or("");
-    if dev.is_empty() || !mine.iter().any(|m| m == dev) {
-        return Err(unusable(
-            &data,
-            format!(
-                "the active thin pool layerd-{name}-pool does not use this file (its data is on device {dev:?}); \
-                 another pool named {name:?} is active: deactivate it or rename this pool"
-            ),
-        ));
+/// An active `layerd-<name>-pool` is only adopted if it stands on this
+/// pool's own storage: its table names our `layerd-<name>-meta` and
+/// `-data` linear devices, and those map the configured devices (loop: the
+/// loop devices of `metadata.img` and `data.img`). The same pool name in
+/// another state directory or config (another daemon, a test, a changed
+/// `path`) must not be taken over. `Existing` pools are someone else's by
+/// definition and are taken as they are.
+fn check_adopted(
+    dm: &DM,
+    name: &str,
+    pool_params: &str,
+    setup: &Setup,
+) -> Result<(), BackendError> {
+    let expected: [(&str, PathBuf, Vec<String>); 2] = match setup {
+        Setup::Loop { dir, .. } => {
+            let loops = |f: PathBuf| {
+                let devs = loopdev::find_backing(&f)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|d| devno(&d.path()).ok())
+                    .map(|d| d.to_string())
+                    .collect();
+                (f, devs)
+            };
+            let (m, md) = loops(dir.join("metadata.img"));
+            let (d, dd) = loops(dir.join("data.img"));
+            [("meta", m, md), ("data", d, dd)]
+        }
+        Setup::Device { data, metadata } => [
+            ("meta", metadata.clone(), vec![devno(metadata)?.to_string()]),
+            ("data", data.clone(), vec![devno(data)?.to_string()]),
+        ],
+        Setup::Existing { .. } => return Ok(()),
+    };
+    // thin-pool <metadata dev> <data dev> <block size> <low water> …
+    let mut pool_devs = pool_params.split(' ');
+    for ((role, path, mine), in_pool) in expected.iter().zip([pool_devs.next(), pool_devs.next()]) {
+        let linear = format!("layerd-{name}-{role}");
+        let info = dm
+            .device_info(&DevId::Name(dm_name(&linear)?))
+            .ok()
+            .map(|i| i.device().to_string());
+        let table = dm
+            .table_status(
+                &DevId::Name(dm_name(&linear)?),
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .ok()
+            .and_then(|(_, t)| t.first().map(|l| l.3.clone()))
+            .unwrap_or_default();
+        let dev = table.split(' ').next().unwrap_or("");
+        let stands_on_linear = info.is_some() && info.as_deref() == in_pool;
+        if !stands_on_linear || dev.is_empty() || !mine.iter().any(|m| m == dev) {
+            return Err(unusable(
+                path,
+                format!(
+                    "the active thin pool layerd-{name}-pool does not use this {role} storage (its {role} is on device {:?}); \
+                     another pool named {name:?} is active: deactivate it (dmsetup remove) or rename this pool",
+                    if stands_on_linear { dev } else { in_pool.unwrap_or("") }
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -226,16 +226,14 @@ async fn follow(conn: Connection, engine: Arc<Engine>, id: JobId, path: OwnedObj
     };
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut completed: Option<(bool, String)> = None;
+    let mut event_seen = false;
     // Ticks seen with the job ended but its event not yet received.
     let mut waited = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             ev = rx.recv() => match ev {
-                Ok(Event::JobCompleted { id: done, success, message, .. }) if done == id => {
-                    completed = Some((success, message));
-                }
+                Ok(Event::JobCompleted { id: done, .. }) if done == id => event_seen = true,
                 Ok(_) => continue,
                 Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
@@ -258,16 +256,16 @@ async fn follow(conn: Connection, engine: Arc<Engine>, id: JobId, path: OwnedObj
         let Some(outcome) = &last.outcome else {
             continue;
         };
-        // The engine records the end, then sends the event with its
-        // message; wait a little for that message, else make one.
-        if completed.is_none() && waited < 4 {
+        // The engine records the end, samples the pool, then sends the
+        // event: waiting a little for it keeps Completed after the pool's
+        // new figures. The message is in the view either way (a job that
+        // ended before this task subscribed sent its event unseen).
+        if !event_seen && waited < 4 {
             waited += 1;
             continue;
         }
-        let (success, message) = completed
-            .take()
-            .unwrap_or_else(|| (outcome.success(), outcome.describe()));
-        if let Err(e) = Job::completed(&em, success, &message).await {
+        let message = last.message.clone().unwrap_or_else(|| outcome.describe());
+        if let Err(e) = Job::completed(&em, outcome.success(), &message).await {
             tracing::warn!(job_id = id, error = %e, "cannot emit Completed");
         }
         return;

@@ -206,6 +206,9 @@ pub struct JobView {
     pub cancelable: bool,
     /// `None` while running.
     pub outcome: Option<Outcome>,
+    /// For people, once ended: bytes and duration, or why it failed (the
+    /// `Completed` signal's message; kept here so a late reader gets it).
+    pub message: Option<String>,
 }
 
 struct Ended {
@@ -213,6 +216,7 @@ struct Ended {
     at: Instant,
     outcome: Outcome,
     bytes: u64,
+    message: String,
 }
 
 struct Entry {
@@ -240,6 +244,7 @@ impl Entry {
             end_time: self.ended.as_ref().map(|e| e.time),
             cancelable: self.cancelable,
             outcome: self.ended.as_ref().map(|e| e.outcome.clone()),
+            message: self.ended.as_ref().map(|e| e.message.clone()),
         }
     }
 }
@@ -310,7 +315,7 @@ impl Jobs {
         lock(&self.inner).jobs.remove(&id);
     }
 
-    fn finish(&self, id: JobId, outcome: Outcome, bytes: u64) -> Option<JobView> {
+    fn finish(&self, id: JobId, outcome: Outcome, bytes: u64, message: String) -> Option<JobView> {
         let mut reg = lock(&self.inner);
         let e = reg.jobs.get_mut(&id)?;
         if outcome.success() {
@@ -322,6 +327,7 @@ impl Jobs {
             at: Instant::now(),
             outcome,
             bytes,
+            message,
         });
         Some(e.view(id))
     }
@@ -607,8 +613,6 @@ impl Engine {
                 tracing::error!(error = %e, "cannot record the job's outcome in the store");
             }
         }
-        self.jobs.finish(id, outcome.clone(), bytes);
-        self.auto_balance_done(pool, id, &outcome, bytes);
         let message = match &outcome {
             Outcome::Ok => format!(
                 "{operation} of pool {pool} done: {bytes} bytes in {:.1} s",
@@ -621,6 +625,9 @@ impl Engine {
             Outcome::Failed(why) => format!("{operation} of pool {pool} failed: {why}"),
             Outcome::NoGain(why) => format!("{operation} of pool {pool}: {why}"),
         };
+        self.jobs
+            .finish(id, outcome.clone(), bytes, message.clone());
+        self.auto_balance_done(pool, id, &outcome, bytes);
         let duration_ms = duration.as_millis() as u64;
         match &outcome {
             Outcome::Failed(why) => tracing::warn!(
@@ -703,7 +710,7 @@ mod tests {
             ErrorKind::Busy
         );
         // Once the trim ends, a balance may run.
-        jobs.finish(t, Outcome::Ok, 5);
+        jobs.finish(t, Outcome::Ok, 5, String::new());
         jobs.admit("main", &balance()).unwrap();
     }
 
@@ -712,7 +719,7 @@ mod tests {
         let jobs = Jobs::default();
         let (t, _) = jobs.admit("main", &JobKind::Trim).unwrap();
         assert_eq!(jobs.cancel(t).unwrap_err().kind(), ErrorKind::NotSupported);
-        jobs.finish(t, Outcome::Ok, 7);
+        jobs.finish(t, Outcome::Ok, 7, String::new());
         let e = jobs.cancel(t).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
         assert!(e.to_string().contains("ok"), "{e}");
@@ -736,7 +743,7 @@ mod tests {
         ctl.set_bytes(100);
         let v = jobs.view(id).unwrap();
         assert_eq!((v.progress, v.bytes), (Some(0.25), 100));
-        let v = jobs.finish(id, Outcome::Ok, 400).unwrap();
+        let v = jobs.finish(id, Outcome::Ok, 400, String::new()).unwrap();
         assert_eq!((v.progress, v.bytes), (Some(1.0), 400));
         assert!(v.end_time.unwrap() >= v.start_time);
         assert_eq!(v.outcome, Some(Outcome::Ok));
@@ -749,7 +756,7 @@ mod tests {
         let mut done = Vec::new();
         for i in 0..13 {
             let (id, _) = jobs.admit(&format!("q{i}"), &JobKind::Trim).unwrap();
-            jobs.finish(id, Outcome::Ok, 0);
+            jobs.finish(id, Outcome::Ok, 0, String::new());
             done.push(id);
             std::thread::sleep(Duration::from_millis(2));
         }
