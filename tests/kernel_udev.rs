@@ -324,9 +324,22 @@ fn set_pool_devices(d: &mut Daemon, data: &str, meta: &str) {
     fs::write(&d.config_path, d.config.to_toml()).unwrap();
 }
 
-/// The table of dm device `name` (`dmsetup table`: a test may use dmsetup).
-fn dm_table(name: &str) -> String {
-    run("dmsetup", &["table", name])
+/// The tables of pool `main`'s pool, data and metadata dm devices
+/// (`dmsetup table`: a test may use dmsetup).
+fn dm_tables() -> Vec<String> {
+    ["pool", "data", "meta"]
+        .iter()
+        .map(|r| run("dmsetup", &["table", &format!("layerd-main-{r}")]))
+        .collect()
+}
+
+/// Stops the daemon (cleanly; its pool stays active, as across any
+/// restart), points its pool at `data` and `meta`, and starts it again.
+async fn restart_on(f: &mut Fixture, data: &str, meta: &str) {
+    let (st, killed) = f.daemon_mut().stop().expect("layerd was running");
+    assert!(st.success() && !killed, "layerd did not stop cleanly: {st}");
+    set_pool_devices(f.daemon_mut(), data, meta);
+    f.start().await;
 }
 
 /// An active `layerd-main-pool` that stands on other devices is not
@@ -351,16 +364,9 @@ async fn active_pool_on_other_devices_is_not_adopted() {
         return;
     };
     f.prepare("kept", "").await;
-    let tables: Vec<String> = ["pool", "data", "meta"]
-        .iter()
-        .map(|r| dm_table(&format!("layerd-main-{r}")))
-        .collect();
+    let tables = dm_tables();
 
-    // The pool stays active across a stop (a restart adopts it).
-    let (st, killed) = f.daemon_mut().stop().expect("layerd was running");
-    assert!(st.success() && !killed, "layerd did not stop cleanly: {st}");
-    set_pool_devices(f.daemon_mut(), &data2, &meta2);
-    f.start().await;
+    restart_on(&mut f, &data2, &meta2).await;
     let pool = f.pool("main").await;
     assert_eq!(must(pool.health().await, "Health"), "failed");
     let reason = must(pool.health_reason().await, "HealthReason");
@@ -373,11 +379,7 @@ async fn active_pool_on_other_devices_is_not_adopted() {
         e.is_err(),
         "Prepare in a pool on the wrong devices succeeded"
     );
-    let now: Vec<String> = ["pool", "data", "meta"]
-        .iter()
-        .map(|r| dm_table(&format!("layerd-main-{r}")))
-        .collect();
-    assert_eq!(now, tables, "the active pool's tables changed");
+    assert_eq!(dm_tables(), tables, "the active pool's tables changed");
     let mut head = vec![0u8; 4096];
     fs::File::open(&meta2_file)
         .and_then(|mut m| std::io::Read::read_exact(&mut m, &mut head))
@@ -387,10 +389,7 @@ async fn active_pool_on_other_devices_is_not_adopted() {
         "the fresh metadata device was written"
     );
 
-    let (st, killed) = f.daemon_mut().stop().expect("layerd was running");
-    assert!(st.success() && !killed, "layerd did not stop cleanly: {st}");
-    set_pool_devices(f.daemon_mut(), &data, &meta);
-    f.start().await;
+    restart_on(&mut f, &data, &meta).await;
     let pool = f.pool("main").await;
     assert_eq!(must(pool.health().await, "Health"), "ok");
     assert_eq!(f.stat("kept").await.kind, "active");
