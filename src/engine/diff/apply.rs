@@ -18,11 +18,12 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
+use super::input::Input;
 use super::{DiffError, TreeMode};
 use crate::sys::beneath;
 
@@ -38,38 +39,6 @@ pub struct Applied {
     /// and padding excluded).
     pub bytes: u64,
     pub entries: u64,
-}
-
-/// Compression of the input, from its first bytes.
-fn decoder<'a>(mut input: BufReader<Box<dyn Read + 'a>>) -> Result<Box<dyn Read + 'a>, DiffError> {
-    let head = input
-        .fill_buf()
-        .map_err(|e| DiffError::Input(format!("reading the input: {e}")))?;
-    if head.is_empty() {
-        return Err(DiffError::Input(
-            "the input is empty: a layer tar has at least its two zero end blocks".into(),
-        ));
-    }
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(BufReader::with_capacity(
-            1 << 20,
-            flate2::bufread::MultiGzDecoder::new(input),
-        ))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let z = zstd::stream::read::Decoder::with_buffer(input)
-            .map_err(|e| DiffError::Input(format!("zstd: {e}")))?;
-        Box::new(BufReader::with_capacity(1 << 20, z))
-    } else if head.starts_with(b"BZh") {
-        return Err(DiffError::Input(
-            "the input is bzip2-compressed; layer tars may be plain, gzip or zstd".into(),
-        ));
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        return Err(DiffError::Input(
-            "the input is xz-compressed; layer tars may be plain, gzip or zstd".into(),
-        ));
-    } else {
-        Box::new(input)
-    })
 }
 
 /// Normalizes a tar name into components: leading `./` and `/`-runs
@@ -146,7 +115,7 @@ impl Applier {
 
     /// Reads the whole tar from `input` and applies it.
     pub fn run<'a>(&mut self, input: Box<dyn Read + 'a>) -> Result<Applied, DiffError> {
-        let input = decoder(BufReader::with_capacity(1 << 20, input))?;
+        let input = Input::open(input)?;
         let mut ar = tar::Archive::new(input);
         let entries = ar
             .entries()
@@ -161,6 +130,7 @@ impl Applier {
             self.entry(&mut entry)?;
             self.done.entries += 1;
         }
+        ar.into_inner().finish(self.done.entries)?;
         self.finish()?;
         Ok(self.done)
     }

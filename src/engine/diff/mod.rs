@@ -18,6 +18,7 @@
 pub mod apply;
 mod aufs;
 pub mod export;
+mod input;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
