@@ -85,6 +85,20 @@ fn ts(sec: i64, nsec: u32) -> Timespec {
     }
 }
 
+/// A PAX `uid`/`gid` value: decimal digits only.
+fn pax_id(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// An id a file can be owned by: 32 bits, and not (uid_t)-1, which
+/// chown(2) takes as "leave unchanged" (the file would stay root's).
+fn owner_id(v: u64) -> Option<u32> {
+    u32::try_from(v).ok().filter(|v| *v != u32::MAX)
+}
+
 /// "1700000000.123456789" (PAX time) → (sec, nsec).
 fn pax_time(v: &[u8]) -> Option<(i64, u32)> {
     let s = std::str::from_utf8(v).ok()?;
@@ -163,6 +177,10 @@ impl Applier {
         // PAX records: xattrs and precise times.
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let (mut mtime, mut atime) = (None, None);
+        let (mut pax_uid, mut pax_gid) = (None, None);
+        // GNU tar's PAX sparse files (formats 0.0, 0.1, 1.0): the header's
+        // name is `GNUSparseFile.<pid>/<name>` and the data a sparse map.
+        let (mut sparse, mut sparse_name) = (false, None);
         if let Some(pax) = entry
             .pax_extensions()
             .map_err(|e| bad(&format!("unreadable PAX header: {e}")))?
@@ -176,8 +194,36 @@ impl Applier {
                     mtime = pax_time(ext.value_bytes());
                 } else if key == b"atime" {
                     atime = pax_time(ext.value_bytes());
+                } else if key == b"uid" || key == b"gid" {
+                    // The tar reader drops a value it cannot parse and
+                    // keeps the header's (often 0): refuse it instead.
+                    let v = pax_id(ext.value_bytes());
+                    if key == b"uid" {
+                        pax_uid = Some(v);
+                    } else {
+                        pax_gid = Some(v);
+                    }
+                } else if key.starts_with(b"GNU.sparse.") {
+                    sparse = true;
+                    if key == b"GNU.sparse.name" {
+                        sparse_name = Some(String::from_utf8_lossy(ext.value_bytes()).into_owned());
+                    }
                 }
             }
+        }
+        if sparse {
+            let real = sparse_name.unwrap_or_else(|| shown.clone());
+            return Err(DiffError::Entry {
+                why: format!(
+                    "a sparse file (PAX GNU.sparse.* records, as tar --sparse --format=posix writes, stored as {shown:?}) is not supported in a layer; write the tar without --sparse"
+                ),
+                entry: real,
+            });
+        }
+        if kind == tar::EntryType::GNUSparse {
+            return Err(bad(
+                "a sparse file (GNU type 'S', as tar --sparse --format=gnu writes) is not supported in a layer; write the tar without --sparse",
+            ));
         }
         // Whiteouts carry no metadata worth refusing a tar for.
         let lenient = cs.last().is_some_and(|l| l.starts_with(WH_PREFIX));
@@ -189,18 +235,36 @@ impl Applier {
                 Err(e) => Err(bad(&format!("bad {what} field: {e}"))),
             }
         };
+        let id = |pax: Option<Option<u64>>,
+                  field: io::Result<u64>,
+                  what: &str|
+         -> Result<u32, DiffError> {
+            let v = match pax {
+                Some(Some(v)) => v,
+                Some(None) if lenient => 0,
+                Some(None) => {
+                    return Err(bad(&format!(
+                        "its PAX {what} record is not a number of 0 to 4294967294"
+                    )))
+                }
+                None => num(field, what)?,
+            };
+            match owner_id(v) {
+                Some(v) => Ok(v),
+                None if lenient => Ok(0),
+                None => Err(bad(&format!(
+                    "{what} {v} cannot be a file's owner: ids go up to 4294967294 (4294967295 is (uid_t)-1, which chown takes as \"leave unchanged\")"
+                ))),
+            }
+        };
         let mode = num(h.mode().map(u64::from), "mode")? as u32 & 0o7777;
-        let uid = num(h.uid(), "uid")?;
-        let gid = num(h.gid(), "gid")?;
+        let uid = id(pax_uid, h.uid(), "uid")?;
+        let gid = id(pax_gid, h.gid(), "gid")?;
         let mtime = match mtime {
             Some(t) => t,
             None => (num(h.mtime(), "mtime")? as i64, 0),
         };
         let atime = atime.unwrap_or(mtime);
-        let (uid, gid) = (
-            u32::try_from(uid).map_err(|_| bad("uid does not fit 32 bits"))?,
-            u32::try_from(gid).map_err(|_| bad("gid does not fit 32 bits"))?,
-        );
 
         let Some((last, dirs)) = cs.split_last() else {
             // The root itself ("./"): only its metadata.
@@ -615,5 +679,17 @@ mod tests {
         assert_eq!(pax_time(b"12"), Some((12, 0)));
         assert_eq!(pax_time(b"1.123456789123"), Some((1, 123_456_789)));
         assert_eq!(pax_time(b"x"), None);
+    }
+
+    #[test]
+    fn ids_are_representable() {
+        assert_eq!(owner_id(0), Some(0));
+        assert_eq!(owner_id(4_294_967_294), Some(u32::MAX - 1));
+        assert_eq!(owner_id(4_294_967_295), None);
+        assert_eq!(owner_id(4_294_967_296), None);
+        assert_eq!(pax_id(b"1000"), Some(1000));
+        assert_eq!(pax_id(b"-1"), None);
+        assert_eq!(pax_id(b""), None);
+        assert_eq!(pax_id(b"184467440737095516160"), None);
     }
 }
