@@ -231,6 +231,7 @@ impl Manager {
         self.access.require_root(conn, &hdr, "Apply").await?;
         let e = self.engine.clone();
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+        crate::engine::diff::check_descriptor(std::os::fd::AsFd::as_fd(&file), false)?;
         blocking(move || e.apply(&key, file)).await
     }
 
@@ -248,6 +249,7 @@ impl Manager {
         self.access.require_root(conn, &hdr, "Export").await?;
         let e = self.engine.clone();
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+        crate::engine::diff::check_descriptor(std::os::fd::AsFd::as_fd(&file), true)?;
         blocking(move || e.export(&key, std::io::BufWriter::with_capacity(1 << 20, file))).await
     }
 

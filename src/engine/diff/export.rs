@@ -34,20 +34,23 @@ use super::apply::OPAQUE_XATTR;
 use super::DiffError;
 use crate::sys::beneath;
 
-/// Counts what reaches the output.
+/// Counts what reaches the output, and remembers whether writing to it
+/// failed (so that an error is told apart from one reading the layer,
+/// which reaches the tar writer the same way).
 pub struct Counting<W: Write> {
     pub inner: W,
     pub bytes: u64,
+    pub failed: bool,
 }
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self.inner.write(buf).inspect_err(|_| self.failed = true)?;
         self.bytes += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.flush().inspect_err(|_| self.failed = true)
     }
 }
 
@@ -94,6 +97,7 @@ impl<W: Write> Exporter<W> {
         let mut b = tar::Builder::new(Counting {
             inner: out,
             bytes: 0,
+            failed: false,
         });
         b.mode(tar::HeaderMode::Complete);
         Exporter {
@@ -106,13 +110,19 @@ impl<W: Write> Exporter<W> {
 
     /// Ends the archive; returns the bytes written.
     pub fn finish(self) -> Result<u64, DiffError> {
-        let mut c = self
-            .out
-            .into_inner()
-            .map_err(|e| DiffError::io("write", b"(output)", e))?;
-        c.flush()
-            .map_err(|e| DiffError::io("write", b"(output)", e))?;
+        let mut c = self.out.into_inner().map_err(DiffError::output)?;
+        c.flush().map_err(DiffError::output)?;
         Ok(c.bytes)
+    }
+
+    /// An error from the tar writer: the caller's descriptor's if writing
+    /// to it failed, else one reading `path` in the layer.
+    fn werr(&self, path: &[u8], e: io::Error) -> DiffError {
+        if self.out.get_ref().failed {
+            DiffError::output(e)
+        } else {
+            DiffError::io("write tar", path, e)
+        }
     }
 
     fn flush_pending(&mut self) -> Result<(), DiffError> {
@@ -167,7 +177,7 @@ impl<W: Write> Exporter<W> {
                 h.set_entry_type(tar::EntryType::Link);
                 self.out
                     .append_link(&mut h, os(&name), os(&first))
-                    .map_err(werr)?;
+                    .map_err(|e| self.werr(path, e))?;
                 return Ok(());
             }
             self.links.insert(key, path.to_vec());
@@ -175,7 +185,7 @@ impl<W: Write> Exporter<W> {
         if !pax.is_empty() {
             self.out
                 .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .map_err(werr)?;
+                .map_err(|e| self.werr(path, e))?;
         }
         match t {
             libc::S_IFDIR => {
@@ -183,7 +193,7 @@ impl<W: Write> Exporter<W> {
                 h.set_entry_type(tar::EntryType::Directory);
                 self.out
                     .append_data(&mut h, os(&name), io::empty())
-                    .map_err(werr)?;
+                    .map_err(|e| self.werr(path, e))?;
             }
             libc::S_IFREG => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -199,7 +209,7 @@ impl<W: Write> Exporter<W> {
                 };
                 self.out
                     .append_data(&mut h, os(&name), &mut r)
-                    .map_err(werr)?;
+                    .map_err(|e| self.werr(path, e))?;
                 if r.left != 0 {
                     return Err(DiffError::io(
                         "read",
@@ -215,9 +225,7 @@ impl<W: Write> Exporter<W> {
             libc::S_IFLNK => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 let target = m.link.clone().unwrap_or_default();
-                self.out
-                    .append_link(&mut h, os(&name), os(&target))
-                    .map_err(werr)?;
+                self.symlink(&mut h, &name, &target)?;
             }
             libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {
                 h.set_entry_type(match t {
@@ -231,7 +239,7 @@ impl<W: Write> Exporter<W> {
                 }
                 self.out
                     .append_data(&mut h, os(&name), io::empty())
-                    .map_err(werr)?;
+                    .map_err(|e| self.werr(path, e))?;
             }
             _ => {
                 // Sockets have no tar form (tar(1) skips them too).
@@ -239,6 +247,44 @@ impl<W: Write> Exporter<W> {
             }
         }
         Ok(())
+    }
+
+    /// A symlink entry with its target byte for byte. The tar crate's
+    /// `append_link` takes the target as a path and normalizes it (`/`
+    /// became `//`, `a//b` and `x/.` lost their extra parts), but a
+    /// symlink's target is an opaque string: it is written literally, in
+    /// a GNU long-link entry before the header when it does not fit.
+    fn symlink(
+        &mut self,
+        h: &mut tar::Header,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<(), DiffError> {
+        let werr = |e| DiffError::io("write tar", name, e);
+        let slot = h.as_old().linkname.len();
+        if target.len() > slot {
+            let mut long = tar::Header::new_gnu();
+            long.as_gnu_mut()
+                .ok_or_else(|| werr(io::ErrorKind::InvalidInput.into()))?
+                .name[..13]
+                .copy_from_slice(b"././@LongLink");
+            long.set_entry_type(tar::EntryType::GNULongLink);
+            long.set_mode(0o644);
+            long.set_uid(0);
+            long.set_gid(0);
+            long.set_mtime(0);
+            long.set_size(target.len() as u64 + 1);
+            long.set_cksum();
+            self.out
+                .append(&long, target.chain(&[0u8][..]))
+                .map_err(|e| self.werr(name, e))?;
+        }
+        h.set_link_name_literal(&target[..target.len().min(slot)])
+            .map_err(werr)?;
+        use std::os::unix::ffi::OsStrExt;
+        self.out
+            .append_data(h, std::ffi::OsStr::from_bytes(name), io::empty())
+            .map_err(|e| self.werr(name, e))
     }
 
     fn whiteout(&mut self, dir: &[u8], name: &[u8]) -> Result<(), DiffError> {
@@ -259,7 +305,7 @@ impl<W: Write> Exporter<W> {
         use std::os::unix::ffi::OsStrExt;
         self.out
             .append_data(&mut h, std::ffi::OsStr::from_bytes(&p), io::empty())
-            .map_err(|e| DiffError::io("write tar", &p, e))
+            .map_err(|e| self.werr(&p, e))
     }
 
     /// Emits `name` in `dir` (at `path`) and, for a directory, everything

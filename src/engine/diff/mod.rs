@@ -59,6 +59,14 @@ pub enum DiffError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing to the caller's descriptor failed (not open for writing,
+    /// a closed pipe, a full file system of the caller's): the caller's
+    /// error, never the pool's.
+    #[error("writing to the output descriptor: {source}")]
+    Output {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("tar entry {entry:?}: cannot set xattr {name}: {source}")]
     Xattr {
         entry: String,
@@ -76,6 +84,9 @@ impl DiffError {
             source,
         }
     }
+    pub fn output(source: std::io::Error) -> Self {
+        DiffError::Output { source }
+    }
     pub fn xattr(entry: &str, name: &[u8], source: std::io::Error) -> Self {
         DiffError::Xattr {
             entry: entry.to_string(),
@@ -85,7 +96,9 @@ impl DiffError {
     }
     pub fn kind(&self) -> ErrorKind {
         match self {
-            DiffError::Entry { .. } | DiffError::Input(_) => ErrorKind::InvalidArgument,
+            DiffError::Entry { .. } | DiffError::Input(_) | DiffError::Output { .. } => {
+                ErrorKind::InvalidArgument
+            }
             DiffError::Io { source, .. } | DiffError::Xattr { source, .. } => {
                 match source.raw_os_error() {
                     Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::PoolFull,
@@ -103,6 +116,33 @@ impl DiffError {
             }
         }
     }
+}
+
+/// Checks that the caller's descriptor is open the way a call uses it
+/// (`write`: Export writes into it; else Apply reads from it), so that a
+/// wrong one is the caller's `InvalidArgument` before anything is done.
+pub fn check_descriptor(fd: std::os::fd::BorrowedFd<'_>, write: bool) -> Result<()> {
+    let flags = rustix::fs::fcntl_getfl(fd)
+        .map_err(|e| Error::InvalidArgument(format!("the descriptor is not usable: {e}")))?;
+    let (call, want) = if write {
+        ("Export writes the tar into it", OFlags::WRONLY)
+    } else {
+        ("Apply reads the tar from it", OFlags::RDONLY)
+    };
+    let mode = flags & OFlags::ACCMODE;
+    if flags.contains(OFlags::PATH) || (mode != want && mode != OFlags::RDWR) {
+        let is = if flags.contains(OFlags::PATH) {
+            "an O_PATH descriptor"
+        } else if mode == OFlags::WRONLY {
+            "open write-only"
+        } else {
+            "open read-only"
+        };
+        return Err(Error::InvalidArgument(format!(
+            "the descriptor is {is}, but {call}"
+        )));
+    }
+    Ok(())
 }
 
 /// A layer's files for one call.
