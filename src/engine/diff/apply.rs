@@ -1,5 +1,7 @@
 //! Apply: unpacks an OCI layer tar (plain, gzip or zstd, told apart by
-//! their magic bytes) into a layer's directory.
+//! their magic bytes; its end checked: input.rs) into a layer's directory.
+//! Owners are numbers below 4294967295 ((uid_t)-1); sparse entries (GNU
+//! type 'S', PAX GNU.sparse.*) are refused.
 //!
 //! Safety: every name is resolved beneath the layer root by openat2 with
 //! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS (sys/beneath.rs), and every change
