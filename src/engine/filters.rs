@@ -61,10 +61,33 @@
 //!
 //! Errors give the filter, the byte offset and what was expected, e.g.
 //! `filter "name==" at 6: expected value`.
+//!
+//! Limits (Walk is open to every local user, so one request must not make
+//! the daemon compile or hold much): at most [`MAX_FILTERS`] filter strings
+//! of at most [`MAX_FILTER_BYTES`] bytes each, checked before anything is
+//! parsed; at most [`MAX_REGEXES`] `~=` selectors in one list; each pattern
+//! compiled with the `regex` crate's size limits ([`REGEX_SIZE_LIMIT`] for
+//! its compiled program, [`REGEX_DFA_SIZE_LIMIT`] for its lazy DFA cache).
+//! Compiled patterns live in the [`Filter`] only, which lives for one call:
+//! nothing is cached across requests. Each limit, when exceeded, is an
+//! error naming it.
 
 use std::fmt;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
+
+/// Filter strings in one list.
+pub const MAX_FILTERS: usize = 64;
+/// Bytes of one filter string: room for a selector on any label pair
+/// (4096 bytes of key and value) with its quotes and escapes.
+pub const MAX_FILTER_BYTES: usize = 8192;
+/// `~=` selectors in one list, across all its strings.
+pub const MAX_REGEXES: usize = 16;
+/// The `regex` crate's `size_limit` for each pattern: Unicode classes such
+/// as `\pL` or `\w` fit; `\pL{100}` (megabytes compiled) does not.
+pub const REGEX_SIZE_LIMIT: usize = 256 << 10;
+/// The `regex` crate's `dfa_size_limit` (lazy DFA cache) for each pattern.
+pub const REGEX_DFA_SIZE_LIMIT: usize = 256 << 10;
 
 /// Anything that can answer a field path, e.g. `["name"]` or
 /// `["labels", "layerd.io/pool"]`. `None` means the field is absent.
@@ -117,11 +140,28 @@ impl Filter {
     ///
     /// The first filter string that fails to parse, as a [`FilterError`]
     /// naming that string and the byte offset of the problem.
+    ///
+    /// The limits (module docs) are checked first: too many strings or one
+    /// too long is refused before any string is parsed.
     pub fn parse(filters: &[String]) -> Result<Filter, FilterError> {
-        let groups = filters
-            .iter()
-            .map(|f| Parser::new(f).filter())
-            .collect::<Result<_, _>>()?;
+        if filters.len() > MAX_FILTERS {
+            return Err(FilterError::TooMany {
+                count: filters.len(),
+            });
+        }
+        if let Some(f) = filters.iter().find(|f| f.len() > MAX_FILTER_BYTES) {
+            return Err(FilterError::TooLong {
+                filter: start_of(f),
+                len: f.len(),
+            });
+        }
+        let mut groups = Vec::with_capacity(filters.len());
+        let mut regexes = 0;
+        for f in filters {
+            let mut p = Parser::new(f, regexes);
+            groups.push(p.filter()?);
+            regexes = p.regexes;
+        }
         Ok(Filter { groups })
     }
 
@@ -178,21 +218,66 @@ pub enum FilterError {
         #[source]
         source: regex::Error,
     },
+    /// More than [`MAX_FILTERS`] strings in the list.
+    #[error("{count} filters in one Walk; the limit is {MAX_FILTERS} filters")]
+    TooMany {
+        /// How many strings the list had.
+        count: usize,
+    },
+    /// A string longer than [`MAX_FILTER_BYTES`].
+    #[error("filter {filter:?} is {len} bytes; the limit is {MAX_FILTER_BYTES} bytes per filter")]
+    TooLong {
+        /// The start of the filter string.
+        filter: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The `~=` selector at `pos` is one more than [`MAX_REGEXES`].
+    #[error("filter {filter:?} at {pos}: regular expression {} of this Walk is one too many; the limit is {MAX_REGEXES} regular expressions (~=) per Walk", MAX_REGEXES + 1)]
+    TooManyRegexes {
+        /// The filter string as given.
+        filter: String,
+        /// Byte offset in `filter` of the selector's value.
+        pos: usize,
+    },
 }
 
 impl FilterError {
     /// The filter string that failed.
+    /// ("" when the list as a whole is refused; the start of the string
+    /// when it is too long.)
     pub fn filter(&self) -> &str {
         match self {
-            FilterError::Syntax { filter, .. } | FilterError::Regex { filter, .. } => filter,
+            FilterError::Syntax { filter, .. }
+            | FilterError::Regex { filter, .. }
+            | FilterError::TooLong { filter, .. }
+            | FilterError::TooManyRegexes { filter, .. } => filter,
+            FilterError::TooMany { .. } => "",
         }
     }
 
-    /// Byte offset of the problem in [`FilterError::filter`].
+    /// Byte offset of the problem in [`FilterError::filter`] (0 for a
+    /// refused list or string).
     pub fn pos(&self) -> usize {
         match self {
-            FilterError::Syntax { pos, .. } | FilterError::Regex { pos, .. } => *pos,
+            FilterError::Syntax { pos, .. }
+            | FilterError::Regex { pos, .. }
+            | FilterError::TooManyRegexes { pos, .. } => *pos,
+            FilterError::TooMany { .. } | FilterError::TooLong { .. } => 0,
         }
+    }
+}
+
+/// The first 64 bytes of a long filter string, for a message.
+fn start_of(f: &str) -> String {
+    let mut end = f.len().min(64);
+    while !f.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < f.len() {
+        format!("{}…", &f[..end])
+    } else {
+        f.to_owned()
     }
 }
 
@@ -207,6 +292,11 @@ fn found_suffix(found: Option<&str>) -> String {
 /// then `error: <reason>`); the pattern is already in the message, so keep
 /// the reason, on one line.
 fn regex_reason(e: &regex::Error) -> String {
+    if let regex::Error::CompiledTooBig(limit) = e {
+        return format!(
+            "compiled, it would exceed the size limit of {limit} bytes per regular expression (Unicode classes such as \\pL and \\w are large: repeat them less, or use ASCII ones such as [a-z] or (?-u:\\w))"
+        );
+    }
     let text = e.to_string();
     let reason = text.rsplit("error: ").next().unwrap_or(&text);
     reason.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -551,6 +641,8 @@ fn take_digits(
 struct Parser<'a> {
     input: &'a str,
     sc: Scanner<'a>,
+    /// `~=` selectors of the whole list so far, this string's included.
+    regexes: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -561,10 +653,12 @@ enum Operator {
 }
 
 impl<'a> Parser<'a> {
-    fn new(input: &'a str) -> Self {
+    /// `regexes`: the `~=` selectors of the list's earlier strings.
+    fn new(input: &'a str, regexes: usize) -> Self {
         Parser {
             input,
             sc: Scanner { input, pos: 0 },
+            regexes,
         }
     }
 
@@ -627,7 +721,7 @@ impl<'a> Parser<'a> {
         let op = match op {
             Operator::Equal => Op::Equal(value),
             Operator::NotEqual => Op::NotEqual(value),
-            Operator::Matches => match Regex::new(&value) {
+            Operator::Matches => match self.regex(&value, t.pos)? {
                 Ok(re) => Op::Matches(re),
                 Err(source) => {
                     return Err(FilterError::Regex {
@@ -640,6 +734,26 @@ impl<'a> Parser<'a> {
             },
         };
         Ok(Selector { path, op })
+    }
+
+    /// Compiles the pattern of a `~=` selector at `pos`, within the limits:
+    /// the outer error is the regex count, the inner the crate's.
+    fn regex(
+        &mut self,
+        pattern: &str,
+        pos: usize,
+    ) -> Result<Result<Regex, regex::Error>, FilterError> {
+        self.regexes += 1;
+        if self.regexes > MAX_REGEXES {
+            return Err(FilterError::TooManyRegexes {
+                filter: self.input.to_owned(),
+                pos,
+            });
+        }
+        Ok(RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
+            .build())
     }
 
     fn fieldpath(&mut self) -> Result<Vec<String>, FilterError> {
@@ -1390,6 +1504,114 @@ mod tests {
         err_at("a==\0", 3, UnexpectedNull);
         err_at("a==b\0", 4, UnexpectedNull);
         err_at("a==\"b\0\"", 3, UnexpectedNull);
+    }
+
+    // -- limits -----------------------------------------------------------
+
+    fn err_of(filters: &[String]) -> FilterError {
+        match Filter::parse(filters) {
+            Err(e) => e,
+            Ok(f) => panic!("{} filters: parsed {f:?}", filters.len()),
+        }
+    }
+
+    #[test]
+    fn count_of_filters_is_limited() {
+        assert!(Filter::parse(&vec!["name==a".to_owned(); MAX_FILTERS]).is_ok());
+        let e = err_of(&vec!["name==a".to_owned(); MAX_FILTERS + 1]);
+        assert!(matches!(e, FilterError::TooMany { count: 65 }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "65 filters in one Walk; the limit is 64 filters"
+        );
+        // Refused before parsing: even a list of bad strings gets this.
+        let e = err_of(&vec!["name~=\\pL{100}".to_owned(); 300]);
+        assert!(matches!(e, FilterError::TooMany { count: 300 }), "{e}");
+        assert_eq!(e.filter(), "");
+    }
+
+    #[test]
+    fn length_of_a_filter_is_limited() {
+        let fits = format!("name=={}", "x".repeat(MAX_FILTER_BYTES - 6));
+        assert!(Filter::parse(&[fits]).is_ok());
+        // Bytes, not characters: 'é' is two.
+        let over = format!("name=={}x", "é".repeat((MAX_FILTER_BYTES - 6) / 2));
+        let e = err_of(&["name==a".to_owned(), over]);
+        assert!(matches!(e, FilterError::TooLong { len: 8193, .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("8193 bytes") && msg.contains("8192"), "{msg}");
+        assert!(msg.len() < 200, "the message quotes only the start: {msg}");
+        assert!(e.filter().starts_with("name==éé") && e.filter().ends_with('…'));
+    }
+
+    #[test]
+    fn count_of_regexes_is_limited_across_the_list() {
+        let re = |i: usize| format!("name~=^a{i}");
+        let within: Vec<String> = (0..MAX_REGEXES).map(re).collect();
+        assert!(Filter::parse(&within).is_ok());
+        // Other selectors do not count.
+        let mut more = within.clone();
+        more.push("name==x,kind!=view,labels.a".to_owned());
+        assert!(Filter::parse(&more).is_ok());
+        // The 17th, in another string or in the same one.
+        let mut over = within.clone();
+        over.push("name==x,name~=b".to_owned());
+        let e = err_of(&over);
+        assert!(
+            matches!(&e, FilterError::TooManyRegexes { filter, pos: 14 } if filter == "name==x,name~=b"),
+            "{e:?}"
+        );
+        let one = (0..=MAX_REGEXES).map(re).collect::<Vec<_>>().join(",");
+        let msg = err_of(&[one]).to_string();
+        assert!(
+            msg.contains("regular expression 17 ")
+                && msg.contains("limit is 16 regular expressions"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn regex_compile_size_is_limited() {
+        for ok in [
+            r"\pL",
+            r"\w+",
+            r"^\pL+$",
+            r"\pL{6}",
+            r"(?-u:\w){100}",
+            "[a-z]{100}",
+            "^base-[0-9]+$",
+            "a{1000}",
+        ] {
+            assert!(
+                Filter::parse(&[format!("name~={ok}")]).is_ok(),
+                "{ok} should fit the limit"
+            );
+        }
+        for big in [
+            r"\pL{7}",
+            r"\pL{100}",
+            r"\w{50}",
+            "((a{100}){100}){100}",
+            r"[\pL\pN]{30}",
+        ] {
+            match err_of(&[format!("name~={big}")]) {
+                FilterError::Regex {
+                    source, pattern, ..
+                } => {
+                    assert_eq!(pattern, big);
+                    assert!(
+                        matches!(source, regex::Error::CompiledTooBig(REGEX_SIZE_LIMIT)),
+                        "{big}: {source}"
+                    );
+                }
+                e => panic!("{big}: {e}"),
+            }
+        }
+        let msg = err_of(&[r"name~=\pL{100}".to_owned()]).to_string();
+        assert_eq!(
+            msg,
+            r#"filter "name~=\\pL{100}" at 6: invalid regular expression "\\pL{100}": compiled, it would exceed the size limit of 262144 bytes per regular expression (Unicode classes such as \pL and \w are large: repeat them less, or use ASCII ones such as [a-z] or (?-u:\w))"#
+        );
     }
 
     /// Odd inputs give a result or an error inside the string, never a panic.

@@ -7,6 +7,9 @@ use crate::engine::error::{Error, Result};
 /// Keys, names and label pairs are capped like containerd's labels: 4 KiB.
 pub const MAX_KEY_BYTES: usize = 4096;
 pub const MAX_LABEL_BYTES: usize = 4096;
+/// All label keys and values of one layer together: 64 KiB (16 pairs at
+/// the per-pair limit), so a layer's record and its Walk row stay small.
+pub const MAX_LABELS_TOTAL_BYTES: usize = 64 << 10;
 /// The label that picks a parentless layer's pool.
 pub const POOL_LABEL: &str = "layerd.io/pool";
 /// The label that caps a new layer's own bytes (btrfs: a qgroup limit).
@@ -55,6 +58,13 @@ pub fn labels(labels: &BTreeMap<String, String>) -> Result<()> {
                 k.len() + v.len()
             )));
         }
+    }
+    let total: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_LABELS_TOTAL_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{} labels of {total} bytes in total (keys and values); the limit is {MAX_LABELS_TOTAL_BYTES} bytes of labels per layer",
+            labels.len()
+        )));
     }
     Ok(())
 }
@@ -130,6 +140,23 @@ mod tests {
         assert!(labels(&m(&[("a", &"v".repeat(4095))])).is_ok());
         assert!(labels(&m(&[("a", &"v".repeat(4096))])).is_err());
         assert!(labels(&m(&[("", "v")])).is_err());
+    }
+
+    #[test]
+    fn label_total_limit() {
+        let pairs = |n: usize| -> BTreeMap<String, String> {
+            (0..n)
+                .map(|i| (format!("k{i:03}"), "v".repeat(4096 - 4)))
+                .collect()
+        };
+        assert!(labels(&pairs(16)).is_ok());
+        let e = labels(&pairs(17)).unwrap_err().to_string();
+        assert!(e.contains("69632 bytes") && e.contains("65536"), "{e}");
+        // Many small labels count too.
+        let small: BTreeMap<String, String> = (0..10_000)
+            .map(|i| (format!("k{i:05}"), "v".into()))
+            .collect();
+        assert!(labels(&small).is_err());
     }
 
     #[test]
