@@ -1,7 +1,8 @@
-//! Hardening of the D-Bus API's inputs (issue 16), against the real
-//! daemon: Walk's filters are bounded (count, length, regex count and
-//! compile size) so that an unprivileged caller cannot make the daemon hold
-//! memory; a layer's labels are bounded in total.
+//! Hardening of the D-Bus API's inputs (issue 16, items 2 and 14),
+//! against the real daemon: Walk's filters are bounded (count, length,
+//! regex count and compile size) so that an unprivileged caller cannot make
+//! the daemon hold memory; a layer's labels are bounded in total; the labels
+//! layerd reads at creation cannot be changed afterwards.
 //!
 //! Host tier: needs root (loop devices, mount). Each test takes seconds.
 
@@ -12,11 +13,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const ERR: &str = "org.layerd.Layerd1.Error.";
+const POOL_LABEL: &str = "layerd.io/pool";
+const SIZE_LABEL: &str = "layerd.io/size";
 
 /// Checks a failed call: exactly `org.layerd.Layerd1.Error.<kind>`, a
 /// message containing every needle. Returns the message.
@@ -40,6 +44,13 @@ fn check_err<T: Debug>(what: &str, res: zbus::Result<T>, kind: &str, needles: &[
         );
     }
     msg
+}
+
+/// Default labels plus `extra`.
+fn with(extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut l = default_labels();
+    l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    l
 }
 
 /// The daemon's resident set size in bytes (`VmRSS` of /proc/PID/status).
@@ -263,5 +274,194 @@ async fn labels_total_bytes_capped_per_layer() {
         &needles,
     );
     f.view_with("v", "big-c", set(16)).await;
+    f.finish();
+}
+
+// ---------------------------------------------------------------------------
+// Item 14: labels layerd reads at creation are fixed afterwards
+// ---------------------------------------------------------------------------
+
+/// A second loop-backed xfs for a second overlay pool `other`.
+struct Other {
+    fs: Fs,
+    _dir: tempfile::TempDir,
+}
+
+impl Other {
+    fn path(&self) -> PathBuf {
+        self.fs.mountpoint.join("other")
+    }
+}
+
+/// Update and Commit cannot make `layerd.io/pool` name another pool than
+/// the one the layer lives in (the label is named); keeping its value, or
+/// dropping it, is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_label_cannot_be_changed_after_creation() {
+    let Some(mut f) = Fixture::new(Backend::OverlayXfs).await else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ldh.")
+        .rand_bytes(6)
+        .tempdir_in(test_tmp())
+        .expect("extra dir");
+    let fs = Fs::new(
+        FsKind::Xfs,
+        &dir.path().join("img"),
+        &dir.path().join("x"),
+        IMAGE_SIZE,
+    )
+    .unwrap_or_else(|e| panic!("extra xfs: {e}"));
+    let other = Other { fs, _dir: dir };
+    {
+        let d = f.daemon_mut();
+        d.config.pools.push(PoolConfig {
+            name: "other".into(),
+            driver: "overlay".into(),
+            path: other.path(),
+            extra: vec![],
+        });
+        std::fs::write(&d.config_path, d.config.to_toml()).expect("rewrite layerd.toml");
+    }
+    f.restart().await;
+
+    f.prepare_with("a", "", with(&[(POOL_LABEL, "main")])).await;
+    f.prepare_with("b", "", with(&[(POOL_LABEL, "other")]))
+        .await;
+    f.prepare("c", "").await;
+    let pool_of = |rows: Vec<(Info, String)>, key: &str| {
+        rows.into_iter()
+            .find(|(i, _)| i.name == key)
+            .map(|(_, p)| p)
+            .unwrap()
+    };
+
+    for (key, lives, wrong) in [
+        ("a", "main", "other"),
+        ("b", "other", "main"),
+        ("c", "main", "other"),
+    ] {
+        check_err(
+            &format!("Update {key} to {POOL_LABEL}={wrong}"),
+            f.mgr
+                .update(key, with(&[(POOL_LABEL, wrong)]), vec![])
+                .await,
+            "InvalidArgument",
+            &[POOL_LABEL, wrong, lives],
+        );
+        check_err(
+            &format!("Update labels.{POOL_LABEL} of {key} to {wrong}"),
+            f.mgr
+                .update(
+                    key,
+                    labels(&[(POOL_LABEL, wrong)]),
+                    vec![format!("labels.{POOL_LABEL}")],
+                )
+                .await,
+            "InvalidArgument",
+            &[POOL_LABEL],
+        );
+        check_err(
+            &format!("Update {key} to a pool that does not exist"),
+            f.mgr
+                .update(key, with(&[(POOL_LABEL, "nowhere")]), vec![])
+                .await,
+            "InvalidArgument",
+            &[POOL_LABEL, "nowhere"],
+        );
+        assert_eq!(pool_of(f.walk(&[]).await, key), lives);
+        // Saying where it lives is fine, and so is keeping it.
+        let i: Info = must(
+            f.mgr
+                .update(key, with(&[(POOL_LABEL, lives), ("x", "1")]), vec![])
+                .await,
+            "Update keeping the pool label",
+        )
+        .into();
+        assert_eq!(i.labels.get(POOL_LABEL).map(String::as_str), Some(lives));
+        check_err(
+            &format!("Commit {key} with {POOL_LABEL}={wrong}"),
+            f.mgr
+                .commit(&format!("{key}-c"), key, with(&[(POOL_LABEL, wrong)]))
+                .await,
+            "InvalidArgument",
+            &[POOL_LABEL, wrong],
+        );
+        assert_eq!(
+            f.stat(key).await.kind,
+            "active",
+            "the failed Commit changed nothing"
+        );
+    }
+    f.commit_with("a-c", "a", with(&[(POOL_LABEL, "main")]))
+        .await;
+    // Dropping the label (Commit replaces labels) says nothing wrong.
+    f.commit("b-c", "b").await;
+    let rows = f.walk(&[]).await;
+    assert_eq!(pool_of(rows.clone(), "a-c"), "main");
+    assert_eq!(pool_of(rows, "b-c"), "other");
+    check_err(
+        "Update b-c to say main",
+        f.mgr
+            .update("b-c", with(&[(POOL_LABEL, "main")]), vec![])
+            .await,
+        "InvalidArgument",
+        &[POOL_LABEL],
+    );
+    f.finish();
+    drop(other);
+}
+
+/// `layerd.io/size` is the layer's limit from its creation: Update and
+/// Commit that would give it another value, or add it to a layer made
+/// without one, are InvalidArgument naming the label; the same value is
+/// fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_label_cannot_be_changed_after_creation() {
+    let Some(f) = Fixture::new(Backend::Btrfs).await else {
+        return;
+    };
+    f.prepare_with("lim", "", with(&[(SIZE_LABEL, "32M")]))
+        .await;
+    f.prepare("free", "").await;
+    for (key, wrong) in [("lim", "64M"), ("lim", "1G"), ("free", "32M")] {
+        check_err(
+            &format!("Update {key} to {SIZE_LABEL}={wrong}"),
+            f.mgr
+                .update(key, with(&[(SIZE_LABEL, wrong)]), vec![])
+                .await,
+            "InvalidArgument",
+            &[SIZE_LABEL, wrong],
+        );
+        check_err(
+            &format!("Commit {key} with {SIZE_LABEL}={wrong}"),
+            f.mgr
+                .commit(&format!("{key}-c"), key, with(&[(SIZE_LABEL, wrong)]))
+                .await,
+            "InvalidArgument",
+            &[SIZE_LABEL, wrong],
+        );
+    }
+    assert_eq!(
+        f.stat("lim")
+            .await
+            .labels
+            .get(SIZE_LABEL)
+            .map(String::as_str),
+        Some("32M")
+    );
+    must(
+        f.mgr
+            .update(
+                "lim",
+                labels(&[(SIZE_LABEL, "32M")]),
+                vec![format!("labels.{SIZE_LABEL}"), "labels.y".into()],
+            )
+            .await,
+        "Update keeping the size label",
+    );
+    f.commit_with("lim-c", "lim", with(&[(SIZE_LABEL, "32M")]))
+        .await;
     f.finish();
 }

@@ -57,7 +57,9 @@ impl Manager {
     /// Creates active layer `key` on committed `parent` ("" for none) and
     /// returns its mounts (type, source, options) as mount(8) takes them.
     /// A parentless layer's pool is the label layerd.io/pool, else the
-    /// default pool. Labels, here and at
+    /// default pool; layerd.io/size limits its own bytes (btrfs). Both are
+    /// fixed from then on: Update and Commit may keep or drop them, never
+    /// change them (InvalidArgument naming the label). Labels, here and at
     /// View, Commit and Update: at most 4096 bytes per key and value, 65536
     /// bytes in all per layer (InvalidArgument naming the limit).
     #[zbus(out_args("mounts"))]
@@ -94,7 +96,8 @@ impl Manager {
     }
 
     /// Turns active `key` into committed `name` with exactly `labels`; the
-    /// key is freed. Fails with Busy while the daemon holds Mount() refs.
+    /// key is freed. Fails with Busy while the daemon holds Mount() refs,
+    /// InvalidArgument if `labels` change layerd.io/pool or layerd.io/size.
     async fn commit(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -134,6 +137,7 @@ impl Manager {
 
     /// Changes labels only. fieldpaths: none or "labels" replace all;
     /// "labels.K" sets K from `labels`, or deletes it when absent there.
+    /// layerd.io/pool and layerd.io/size cannot change (InvalidArgument).
     #[zbus(out_args("name", "parent", "kind", "labels", "created", "updated"))]
     async fn update(
         &self,
