@@ -1,8 +1,9 @@
-//! Hardening of the D-Bus API's inputs (issue 16, items 2 and 14),
+//! Hardening of the D-Bus API's inputs (issue 16, items 2, 14, 15),
 //! against the real daemon: Walk's filters are bounded (count, length,
 //! regex count and compile size) so that an unprivileged caller cannot make
 //! the daemon hold memory; a layer's labels are bounded in total; the labels
-//! layerd reads at creation cannot be changed afterwards.
+//! layerd reads at creation cannot be changed afterwards; a write past a
+//! layer's own size limit during Apply names that limit, not the pool.
 //!
 //! Host tier: needs root (loop devices, mount). Each test takes seconds.
 
@@ -13,6 +14,8 @@ mod common;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -63,6 +66,37 @@ fn rss(f: &Fixture) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status");
     kb * 1024
+}
+
+/// A tar stream of one regular file `name` of `size` bytes (0x5a, so that
+/// nothing can be written as a hole), written into a pipe by a thread;
+/// returns the read end. The thread ends when the reader goes (EPIPE).
+fn tar_pipe(name: &str, size: u64) -> (std::io::PipeReader, std::thread::JoinHandle<()>) {
+    let (rd, wr) = std::io::pipe().expect("pipe");
+    let name = name.to_string();
+    let t = std::thread::spawn(move || {
+        let mut b = tar::Builder::new(wr);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(size);
+        let _ = b.append_data(&mut h, &name, std::io::repeat(0x5a).take(size));
+        if let Ok(mut w) = b.into_inner() {
+            let _ = w.flush();
+        }
+    });
+    (rd, t)
+}
+
+async fn apply_pipe(f: &Fixture, key: &str, name: &str, size: u64) -> zbus::Result<u64> {
+    let (rd, t) = tar_pipe(name, size);
+    let r = f.mgr.apply(key, zbus::zvariant::Fd::from(rd.as_fd())).await;
+    drop(rd);
+    let _ = t.join();
+    r
 }
 
 // ---------------------------------------------------------------------------
@@ -463,5 +497,43 @@ async fn size_label_cannot_be_changed_after_creation() {
     );
     f.commit_with("lim-c", "lim", with(&[(SIZE_LABEL, "32M")]))
         .await;
+    f.finish();
+}
+
+// ---------------------------------------------------------------------------
+// Item 15: a layer's own size limit during Apply
+// ---------------------------------------------------------------------------
+
+/// An Apply that writes past the layer's `layerd.io/size` fails with
+/// InvalidArgument naming the layer and its limit, not PoolFull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_past_the_layers_size_limit_names_the_limit() {
+    let Some(f) = Fixture::new(Backend::Btrfs).await else {
+        return;
+    };
+    f.prepare_with("lim", "", with(&[(SIZE_LABEL, "8M")])).await;
+    let msg = check_err(
+        "Apply of 64 MiB into an 8M layer",
+        apply_pipe(&f, "lim", "big", 64 * MIB).await,
+        "InvalidArgument",
+        &["\"lim\"", SIZE_LABEL, "8M", "8388608"],
+    );
+    assert!(
+        !msg.contains("pool \""),
+        "the message blames the pool: {msg}"
+    );
+    // The layer is marked failed with the same reason.
+    let i = f.stat("lim").await;
+    let why = i
+        .labels
+        .get("layerd.io/apply-failed")
+        .expect("marked failed");
+    assert!(why.contains(SIZE_LABEL), "{why}");
+    // A layer without a limit takes the same tar.
+    f.prepare("free", "").await;
+    must(
+        apply_pipe(&f, "free", "big", 64 * MIB).await,
+        "Apply into free",
+    );
     f.finish();
 }

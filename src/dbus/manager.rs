@@ -230,7 +230,9 @@ impl Manager {
 
     /// Reads an OCI layer tar (plain, gzip or zstd) from `fd` into active
     /// layer `key`; returns the content bytes of the files written. A
-    /// failure leaves the label layerd.io/apply-failed on the layer.
+    /// failure leaves the label layerd.io/apply-failed on the layer. Out of
+    /// pool space: PoolFull; past the layer's own layerd.io/size:
+    /// InvalidArgument naming the layer and its limit.
     #[zbus(out_args("bytes"))]
     async fn apply(
         &self,
