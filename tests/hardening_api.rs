@@ -1,9 +1,11 @@
-//! Hardening of the D-Bus API's inputs (issue 16, items 2, 14, 15),
+//! Hardening of the D-Bus API's inputs (issue 16, items 2, 13, 14, 15),
 //! against the real daemon: Walk's filters are bounded (count, length,
 //! regex count and compile size) so that an unprivileged caller cannot make
 //! the daemon hold memory; a layer's labels are bounded in total; the labels
 //! layerd reads at creation cannot be changed afterwards; a write past a
-//! layer's own size limit during Apply names that limit, not the pool.
+//! layer's own size limit during Apply names that limit, not the pool; and
+//! an Apply that fills the pool leaves the pool's Health and DataUsed
+//! current.
 //!
 //! Host tier: needs root (loop devices, mount). Each test takes seconds.
 
@@ -536,4 +538,60 @@ async fn apply_past_the_layers_size_limit_names_the_limit() {
         "Apply into free",
     );
     f.finish();
+}
+
+// ---------------------------------------------------------------------------
+// Item 13: the pool is sampled after an Apply that ran out of space
+// ---------------------------------------------------------------------------
+
+/// An Apply that fills a small pool (overlay on a 512 MiB xfs, btrfs on a
+/// 512 MiB btrfs) ends in PoolFull, and right after it the pool's Health
+/// and DataUsed say so, without waiting for the monitor's next tick. (On
+/// btrfs the stale value is 0: the monitor's last sample came before the
+/// writeback; on overlay it is whatever the last tick saw, so only the
+/// btrfs case fails reliably without the fix.)
+async fn apply_that_fills_the_pool(backend: Backend) {
+    let Some(f) = Fixture::new(backend).await else {
+        return;
+    };
+    let pool = f.pool("main").await;
+    assert_eq!(must(pool.health().await, "Health"), "ok");
+    f.prepare("fill", "").await;
+    check_err(
+        "Apply of 1 GiB into a 512 MiB pool",
+        apply_pipe(&f, "fill", "big", 1 << 30).await,
+        "PoolFull",
+        &[],
+    );
+    // At once: no time for the monitor (every 5 s) to come by. The file
+    // system's own count includes btrfs metadata, which DataUsed does not.
+    let slack = if backend.is_btrfs() { 16 * MIB } else { MIB };
+    let health = must(pool.health().await, "Health");
+    let used = must(pool.data_used().await, "DataUsed");
+    let size = must(pool.data_size().await, "DataSize");
+    let fs_used = f.fs().used_bytes();
+    eprintln!(
+        "{}: {health}, DataUsed {used} of {size}, fs {fs_used}",
+        backend.name()
+    );
+    assert_ne!(
+        health, "ok",
+        "Health right after PoolFull (DataUsed {used} of {size})"
+    );
+    assert!(
+        used * 100 >= size * 90 && used + slack >= fs_used,
+        "DataUsed {used} of {size} right after PoolFull; the file system uses {fs_used}"
+    );
+    f.remove("fill").await;
+    f.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_that_fills_an_overlay_pool_updates_health_at_once() {
+    apply_that_fills_the_pool(Backend::OverlayXfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_that_fills_a_btrfs_pool_updates_health_at_once() {
+    apply_that_fills_the_pool(Backend::Btrfs).await;
 }

@@ -128,6 +128,7 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(pool = %rec.pool, layer = rec.id, layer_key = key, operation = create_operation(kind), errno = e.errno(), error = %e, "creating layer failed; rolling back");
                 self.undo_create(&rec);
+                self.sample_after_failure(&rec.pool, &e);
                 Err(e)
             }
         }

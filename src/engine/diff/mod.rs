@@ -205,6 +205,9 @@ impl Engine {
                 let e = apply_error(&rec, e);
                 tracing::warn!(pool = %rec.pool, layer = rec.id, error = %e, errno = e.errno(), entries = applier.done.entries, "apply failed; the layer is marked");
                 self.mark_failed(&rec, &e.to_string());
+                // The pool's Health and DataUsed must not wait for the
+                // monitor's next tick after a write ran out of space.
+                self.sample_after_failure(&rec.pool, &e);
                 Err(e)
             }
         }
