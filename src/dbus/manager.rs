@@ -47,7 +47,9 @@ fn stat_out(i: LayerInfo) -> StatOut {
 
 /// Container layers with copy-on-write, in containerd's snapshotter model.
 /// Keys are any UTF-8 string up to 4096 bytes; active, view and committed
-/// keys share one name space. Errors: org.layerd.Layerd1.Error.{NotFound,
+/// keys share one name space. Labels: each key and value together up to
+/// 4096 bytes, a layer's labels up to 65536 bytes in all (InvalidArgument
+/// naming the limit). Errors: org.layerd.Layerd1.Error.{NotFound,
 /// AlreadyExists, FailedPrecondition, InvalidArgument, PoolFull, Busy,
 /// NotSupported, AccessDenied, Internal}.
 #[interface(name = "org.layerd.Layerd1.Manager")]
@@ -55,7 +57,11 @@ impl Manager {
     /// Creates active layer `key` on committed `parent` ("" for none) and
     /// returns its mounts (type, source, options) as mount(8) takes them.
     /// A parentless layer's pool is the label layerd.io/pool, else the
-    /// default pool.
+    /// default pool; layerd.io/size limits its own bytes (btrfs). Both are
+    /// fixed from then on: Update and Commit may keep or drop them, never
+    /// change them (InvalidArgument naming the label). Labels, here and at
+    /// View, Commit and Update: at most 4096 bytes per key and value, 65536
+    /// bytes in all per layer (InvalidArgument naming the limit).
     #[zbus(out_args("mounts"))]
     async fn prepare(
         &self,
@@ -90,7 +96,8 @@ impl Manager {
     }
 
     /// Turns active `key` into committed `name` with exactly `labels`; the
-    /// key is freed. Fails with Busy while the daemon holds Mount() refs.
+    /// key is freed. Fails with Busy while the daemon holds Mount() refs,
+    /// InvalidArgument if `labels` change layerd.io/pool or layerd.io/size.
     async fn commit(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -130,6 +137,7 @@ impl Manager {
 
     /// Changes labels only. fieldpaths: none or "labels" replace all;
     /// "labels.K" sets K from `labels`, or deletes it when absent there.
+    /// layerd.io/pool and layerd.io/size cannot change (InvalidArgument).
     #[zbus(out_args("name", "parent", "kind", "labels", "created", "updated"))]
     async fn update(
         &self,
@@ -167,8 +175,11 @@ impl Manager {
     }
 
     /// Every layer matching any of `filters` (containerd syntax: name==x,
-    /// parent!=y, kind==committed, labels.K, labels."a/b"==v, commas AND):
-    /// name, parent, kind, pool, labels, created µs, updated µs.
+    /// parent!=y, kind==committed, labels.K, labels."a/b"==v, name~=regex,
+    /// commas AND): name, parent, kind, pool, labels, created µs, updated
+    /// µs. Limits (InvalidArgument naming the limit): 64 filters of 8192
+    /// bytes each, 16 regular expressions per Walk, each compiling to at
+    /// most 256 KiB.
     #[zbus(out_args("layers"))]
     async fn walk(&self, filters: Vec<String>) -> Result<Vec<WalkRow>, DbusError> {
         let e = self.engine.clone();
@@ -219,7 +230,9 @@ impl Manager {
 
     /// Reads an OCI layer tar (plain, gzip or zstd) from `fd` into active
     /// layer `key`; returns the content bytes of the files written. A
-    /// failure leaves the label layerd.io/apply-failed on the layer.
+    /// failure leaves the label layerd.io/apply-failed on the layer. Out of
+    /// pool space: PoolFull; past the layer's own layerd.io/size:
+    /// InvalidArgument naming the layer and its limit.
     #[zbus(out_args("bytes"))]
     async fn apply(
         &self,

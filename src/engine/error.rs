@@ -75,6 +75,20 @@ pub enum Error {
     /// Boxed: the io::Error inside would make every Result large.
     #[error(transparent)]
     Diff(Box<crate::engine::diff::DiffError>),
+    /// EDQUOT in an Apply into a layer with a size limit: the tar does not
+    /// fit the limit the layer was created with. InvalidArgument, not
+    /// PoolFull: the pool may have space, freeing it would not help, and
+    /// the same tar into the same layer never fits.
+    #[error("layer {key:?} is full: it reached its own size limit {label}={limit} ({bytes} bytes beyond its parent, set when it was created): {source}")]
+    LayerSizeLimit {
+        key: String,
+        /// `layerd.io/size`.
+        label: &'static str,
+        /// The label's value.
+        limit: String,
+        bytes: u64,
+        source: Box<crate::engine::diff::DiffError>,
+    },
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -98,7 +112,7 @@ impl Error {
             | NotWritable { .. } => ErrorKind::FailedPrecondition,
             Diff(e) => e.kind(),
             Busy { .. } | PoolBusy { .. } => ErrorKind::Busy,
-            InvalidArgument(_) => ErrorKind::InvalidArgument,
+            InvalidArgument(_) | LayerSizeLimit { .. } => ErrorKind::InvalidArgument,
             PoolFull { .. } => ErrorKind::PoolFull,
             PoolUnavailable { .. } => ErrorKind::FailedPrecondition,
             NotSupported(_) => ErrorKind::NotSupported,
@@ -114,6 +128,7 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Backend(e) => e.errno(),
+            Error::Diff(e) | Error::LayerSizeLimit { source: e, .. } => e.errno(),
             _ => None,
         }
     }

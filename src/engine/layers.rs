@@ -128,6 +128,7 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(pool = %rec.pool, layer = rec.id, layer_key = key, operation = create_operation(kind), errno = e.errno(), error = %e, "creating layer failed; rolling back");
                 self.undo_create(&rec);
+                self.sample_after_failure(&rec.pool, &e);
                 Err(e)
             }
         }
@@ -203,6 +204,7 @@ impl Engine {
             .read(|tx| tx.by_key(key))?
             .ok_or_else(|| Error::NotFound(key.to_string()))?;
         self.check_committable(&rec, key)?;
+        validate::fixed_labels(&rec.pool, &rec.labels, &labels)?;
         self.check_no_diff(&rec, key)?;
         // A failed pool refuses before any intent is written.
         self.get_pool(&rec.pool)?.backend()?;
@@ -214,6 +216,7 @@ impl Engine {
                 .by_key(key)?
                 .ok_or_else(|| Error::NotFound(key.to_string()))?;
             self.check_committable(&rec, key)?;
+            validate::fixed_labels(&rec.pool, &rec.labels, &labels)?;
             if tx.mount_ref(rec.id)?.held() {
                 return Err(Error::Busy {
                     key: key.to_string(),
@@ -348,6 +351,7 @@ impl Engine {
                 .ok_or_else(|| Error::NotFound(key.to_string()))?;
             let new = validate::apply_fieldpaths(&rec.labels, &labels, paths)?;
             validate::labels(&new)?;
+            validate::fixed_labels(&rec.pool, &rec.labels, &new)?;
             rec.labels = new;
             rec.updated = now_us();
             tx.put(&rec)?;

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::broadcast;
 
 use crate::backend::{self, Backend, LayerRef};
-use error::{Error, Result};
+use error::{Error, ErrorKind, Result};
 use store::Store;
 use types::{Event, Health, LayerRecord, PoolStatus};
 
@@ -323,6 +323,15 @@ impl Engine {
     pub fn sample_all(&self) {
         for name in self.pools.keys() {
             let _ = self.sample(name, true);
+        }
+    }
+
+    /// After a request failed for want of space (PoolFull: ENOSPC, or a
+    /// pool below its free-space minimum), re-reads the pool at once, so
+    /// Health and DataUsed say so before the monitor's next tick.
+    fn sample_after_failure(&self, name: &str, e: &Error) {
+        if e.kind() == ErrorKind::PoolFull {
+            let _ = self.sample(name, false);
         }
     }
 

@@ -7,6 +7,9 @@ use crate::engine::error::{Error, Result};
 /// Keys, names and label pairs are capped like containerd's labels: 4 KiB.
 pub const MAX_KEY_BYTES: usize = 4096;
 pub const MAX_LABEL_BYTES: usize = 4096;
+/// All label keys and values of one layer together: 64 KiB (16 pairs at
+/// the per-pair limit), so a layer's record and its Walk row stay small.
+pub const MAX_LABELS_TOTAL_BYTES: usize = 64 << 10;
 /// The label that picks a parentless layer's pool.
 pub const POOL_LABEL: &str = "layerd.io/pool";
 /// The label that caps a new layer's own bytes (btrfs: a qgroup limit).
@@ -54,6 +57,53 @@ pub fn labels(labels: &BTreeMap<String, String>) -> Result<()> {
                 truncate(k, 64),
                 k.len() + v.len()
             )));
+        }
+    }
+    let total: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_LABELS_TOTAL_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{} labels of {total} bytes in total (keys and values); the limit is {MAX_LABELS_TOTAL_BYTES} bytes of labels per layer",
+            labels.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The labels layerd reads when it creates a layer keep saying what they
+/// said then (Update and Commit of a layer living in `pool`, from its
+/// `current` labels to `new`): `layerd.io/pool`, where present, names the
+/// pool the layer lives in; `layerd.io/size`, where present, is the limit
+/// the layer was created with. Either may be dropped; neither may change,
+/// and a size limit cannot be added later.
+pub fn fixed_labels(
+    pool: &str,
+    current: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Result<()> {
+    if let Some(v) = new.get(POOL_LABEL) {
+        if v != pool {
+            return Err(Error::InvalidArgument(format!(
+                "label {POOL_LABEL}={:?}: the layer lives in pool {pool:?}; its pool is chosen when it is created and the label cannot name another afterwards",
+                truncate(v, 64)
+            )));
+        }
+    }
+    if let Some(v) = new.get(SIZE_LABEL) {
+        match current.get(SIZE_LABEL) {
+            Some(c) if c == v => {}
+            Some(c) => {
+                return Err(Error::InvalidArgument(format!(
+                    "label {SIZE_LABEL}={:?}: the layer's size limit is {:?}, set when it was created; it cannot change afterwards",
+                    truncate(v, 64),
+                    truncate(c, 64)
+                )))
+            }
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "label {SIZE_LABEL}={:?}: the layer has no size limit; a limit is set only when a layer is created (Prepare, View)",
+                    truncate(v, 64)
+                )))
+            }
         }
     }
     Ok(())
@@ -130,6 +180,50 @@ mod tests {
         assert!(labels(&m(&[("a", &"v".repeat(4095))])).is_ok());
         assert!(labels(&m(&[("a", &"v".repeat(4096))])).is_err());
         assert!(labels(&m(&[("", "v")])).is_err());
+    }
+
+    #[test]
+    fn label_total_limit() {
+        let pairs = |n: usize| -> BTreeMap<String, String> {
+            (0..n)
+                .map(|i| (format!("k{i:03}"), "v".repeat(4096 - 4)))
+                .collect()
+        };
+        assert!(labels(&pairs(16)).is_ok());
+        let e = labels(&pairs(17)).unwrap_err().to_string();
+        assert!(e.contains("69632 bytes") && e.contains("65536"), "{e}");
+        // Many small labels count too.
+        let small: BTreeMap<String, String> = (0..10_000)
+            .map(|i| (format!("k{i:05}"), "v".into()))
+            .collect();
+        assert!(labels(&small).is_err());
+    }
+
+    #[test]
+    fn labels_read_at_creation_are_fixed() {
+        let sized = m(&[(SIZE_LABEL, "32M"), ("a", "1")]);
+        let ok = |pool: &str, cur: &BTreeMap<String, String>, new: &[(&str, &str)]| {
+            fixed_labels(pool, cur, &m(new)).is_ok()
+        };
+        assert!(ok(
+            "main",
+            &sized,
+            &[(POOL_LABEL, "main"), (SIZE_LABEL, "32M")]
+        ));
+        // Dropped: fine.
+        assert!(ok("main", &sized, &[("b", "2")]));
+        assert!(!ok("main", &sized, &[(POOL_LABEL, "fast")]));
+        assert!(!ok("main", &sized, &[(SIZE_LABEL, "64M")]));
+        // Same bytes only: "32768K" is another spelling of the label.
+        assert!(!ok("main", &sized, &[(SIZE_LABEL, "32768K")]));
+        assert!(!ok("main", &m(&[]), &[(SIZE_LABEL, "32M")]));
+        let e = fixed_labels("main", &sized, &m(&[(POOL_LABEL, "fast")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(POOL_LABEL) && e.contains("\"fast\"") && e.contains("\"main\""),
+            "{e}"
+        );
     }
 
     #[test]

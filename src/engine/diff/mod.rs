@@ -94,6 +94,13 @@ impl DiffError {
             source,
         }
     }
+    /// The errno of the failed call, if a call failed.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            DiffError::Io { source, .. } | DiffError::Xattr { source, .. } => source.raw_os_error(),
+            DiffError::Entry { .. } | DiffError::Input(_) => None,
+        }
+    }
     pub fn kind(&self) -> ErrorKind {
         match self {
             DiffError::Entry { .. } | DiffError::Input(_) | DiffError::Output { .. } => {
@@ -236,9 +243,13 @@ impl Engine {
                 Ok(done.bytes)
             }
             Err(e) => {
-                tracing::warn!(pool = %rec.pool, layer = rec.id, error = %e, entries = applier.done.entries, "apply failed; the layer is marked");
+                let e = apply_error(&rec, e);
+                tracing::warn!(pool = %rec.pool, layer = rec.id, error = %e, errno = e.errno(), entries = applier.done.entries, "apply failed; the layer is marked");
                 self.mark_failed(&rec, &e.to_string());
-                Err(e.into())
+                // The pool's Health and DataUsed must not wait for the
+                // monitor's next tick after a write ran out of space.
+                self.sample_after_failure(&rec.pool, &e);
+                Err(e)
             }
         }
     }
@@ -365,6 +376,27 @@ impl Engine {
         }
         r
     }
+}
+
+/// An Apply's error as the client sees it: `EDQUOT` in a layer with a
+/// size limit (btrfs: its qgroup) names the layer's limit, not the pool.
+fn apply_error(rec: &LayerRecord, e: DiffError) -> Error {
+    if e.errno() == Some(libc::EDQUOT) {
+        if let Ok(Some(bytes)) = super::validate::size_label(&rec.labels) {
+            return Error::LayerSizeLimit {
+                key: rec.key.clone(),
+                label: super::validate::SIZE_LABEL,
+                limit: rec
+                    .labels
+                    .get(super::validate::SIZE_LABEL)
+                    .cloned()
+                    .unwrap_or_default(),
+                bytes,
+                source: Box::new(e),
+            };
+        }
+    }
+    e.into()
 }
 
 /// A layer's use by one Apply or Export; released on drop.
