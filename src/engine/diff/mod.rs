@@ -98,7 +98,8 @@ impl DiffError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             DiffError::Io { source, .. } | DiffError::Xattr { source, .. } => source.raw_os_error(),
-            DiffError::Entry { .. } | DiffError::Input(_) => None,
+            // The caller's descriptor failed, not the layer.
+            DiffError::Entry { .. } | DiffError::Input(_) | DiffError::Output { .. } => None,
         }
     }
     pub fn kind(&self) -> ErrorKind {
