@@ -28,15 +28,13 @@ fn toml(s: &str) -> String {
     toml_str(s)
 }
 
-fn thin_pool_active() -> bool {
-    Path::new("/dev/mapper/layerd-main-pool").exists()
+fn thin_pool_active(f: &Fixture) -> bool {
+    let name = format!("{}pool", f.dm_prefix());
+    Path::new("/dev/mapper").join(&name).exists()
         || devicemapper::DM::new()
             .ok()
             .and_then(|dm| dm.list_devices().ok())
-            .is_some_and(|v| {
-                v.iter()
-                    .any(|(n, _, _)| n.to_string() == "layerd-main-pool")
-            })
+            .is_some_and(|v| v.iter().any(|(n, _, _)| n.to_string() == name))
 }
 
 /// Damaged metadata: thin_check fails, the pool stays inactive and
@@ -51,9 +49,9 @@ async fn thin_check_failure_keeps_pool_inactive() {
     };
     f.prepare("a", "").await;
     f.daemon_mut().stop();
-    teardown_thin_pool("main", &f.pool_path());
+    teardown_thin_pool(f.pool_name(), &f.pool_path());
     assert!(
-        !thin_pool_active(),
+        !thin_pool_active(&f),
         "the pool is still active after teardown"
     );
     let meta = f.pool_path().join("metadata.img");
@@ -64,7 +62,7 @@ async fn thin_check_failure_keeps_pool_inactive() {
         m.sync_all().unwrap();
     }
     f.start().await;
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     assert_eq!(must(pool.health().await, "Health"), "failed");
     let reason = must(pool.health_reason().await, "HealthReason");
     assert!(
@@ -72,7 +70,7 @@ async fn thin_check_failure_keeps_pool_inactive() {
         "HealthReason does not say how to repair: {reason}"
     );
     assert!(
-        !thin_pool_active(),
+        !thin_pool_active(&f),
         "a pool that failed thin_check was activated"
     );
     let mut head = vec![0u8; 4096];
@@ -138,7 +136,7 @@ async fn pool_full_gives_enospc_not_a_hang() {
     );
     eprintln!("pool full: writer got {err} after {took:?}");
     must(f.mgr.version().await, "Version (daemon answers)");
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     // Health follows the pool status (sampled after the next operation or
     // event; poll a moment).
     let until = Instant::now() + deadline(Duration::from_secs(10));
@@ -172,7 +170,7 @@ async fn pool_full_gives_enospc_not_a_hang() {
     f.unmount(m).await;
 
     f.daemon_mut().stop();
-    teardown_thin_pool("main", &f.pool_path());
+    teardown_thin_pool(f.pool_name(), &f.pool_path());
     let out = Command::new("thin_check")
         .arg(f.pool_path().join("metadata.img"))
         .output()
@@ -203,7 +201,7 @@ async fn autoextend_emits_usage_alert() {
     else {
         return;
     };
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     let size0 = must(pool.data_size().await, "DataSize");
     let mut alerts = pool.receive_usage_alert().await.unwrap();
     f.prepare("w", "").await;

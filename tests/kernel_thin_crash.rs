@@ -5,7 +5,8 @@
 //! crash, busy devices on removal handled, loop files that shrink again.
 //!
 //! What is checked after every restart ([`check_no_orphans`]): the dm
-//! devices named `layerd-main-*` are exactly the pool (and its meta/data
+//! devices named `layerd-<pool>-*` (each fixture's pool has a name of its
+//! own, so these tests run side by side) are exactly the pool (and its meta/data
 //! linear devices), the base and one device per layer the store knows;
 //! the thin ids in the pool's metadata (read with the real tools on a
 //! metadata snapshot: `reserve_metadata_snap`, `thin_ls -m`, `thin_check
@@ -29,31 +30,31 @@ use std::time::{Duration, Instant};
 use common::*;
 use devicemapper::{DevId, DmName, DM};
 
-const PREFIX: &str = "layerd-main-";
-
-/// Every dm device whose name starts with `layerd-main-`.
-fn dm_devices() -> BTreeSet<String> {
+/// Every dm device of the fixture's pool (named `layerd-<pool>-…`).
+fn dm_devices(f: &Fixture) -> BTreeSet<String> {
+    let prefix = f.dm_prefix();
     DM::new()
         .expect("device-mapper")
         .list_devices()
         .expect("list dm devices")
         .into_iter()
         .map(|(n, _, _)| n.to_string())
-        .filter(|n| n.starts_with(PREFIX))
+        .filter(|n| n.starts_with(&prefix))
         .collect()
 }
 
-/// Layer ids of the active `layerd-main-<id>` devices.
-fn layer_devices() -> BTreeSet<u64> {
-    dm_devices()
+/// Layer ids of the active `layerd-<pool>-<id>` devices.
+fn layer_devices(f: &Fixture) -> BTreeSet<u64> {
+    let prefix = f.dm_prefix();
+    dm_devices(f)
         .iter()
-        .filter_map(|n| n.strip_prefix(PREFIX)?.parse().ok())
+        .filter_map(|n| n.strip_prefix(&prefix)?.parse().ok())
         .collect()
 }
 
-fn pool_msg(msg: &str) -> Result<(), String> {
+fn pool_msg(f: &Fixture, msg: &str) -> Result<(), String> {
     let dm = DM::new().map_err(|e| e.to_string())?;
-    let name = format!("{PREFIX}pool");
+    let name = format!("{}pool", f.dm_prefix());
     dm.target_msg(&DevId::Name(DmName::new(&name).unwrap()), None, msg)
         .map(|_| ())
         .map_err(|e| format!("dm message {name} {msg}: {e}"))
@@ -85,13 +86,13 @@ fn tool(args: &[&str], target: &Path) -> Result<String, String> {
 /// linear device the pool uses or, if the tools cannot open that (the
 /// pool holds it exclusively), through the loop file below it.
 fn thin_ids(f: &Fixture) -> BTreeSet<u32> {
-    if pool_msg("reserve_metadata_snap").is_err() {
+    if pool_msg(f, "reserve_metadata_snap").is_err() {
         // A snapshot left reserved (a crash while one was held).
-        let _ = pool_msg("release_metadata_snap");
-        pool_msg("reserve_metadata_snap").unwrap();
+        let _ = pool_msg(f, "release_metadata_snap");
+        pool_msg(f, "reserve_metadata_snap").unwrap();
     }
     let sources: [PathBuf; 2] = [
-        PathBuf::from(format!("/dev/mapper/{PREFIX}meta")),
+        PathBuf::from(format!("/dev/mapper/{}meta", f.dm_prefix())),
         f.pool_path().join("metadata.img"),
     ];
     let mut errors = Vec::new();
@@ -116,7 +117,7 @@ fn thin_ids(f: &Fixture) -> BTreeSet<u32> {
             }
         }
     }
-    pool_msg("release_metadata_snap").unwrap();
+    pool_msg(f, "release_metadata_snap").unwrap();
     let Some((ids, check)) = result else {
         panic!("could not read the pool metadata: {errors:?}");
     };
@@ -135,21 +136,22 @@ async fn check_no_orphans(f: &Fixture, expect: &[&str]) {
     let want: BTreeSet<String> = expect.iter().map(|s| s.to_string()).collect();
     assert_eq!(names, want, "layers after restart\n{}", log());
 
-    let devs = dm_devices();
+    let prefix = f.dm_prefix();
+    let devs = dm_devices(f);
     let fixed: BTreeSet<String> = ["pool", "meta", "data", "base"]
         .iter()
-        .map(|s| format!("{PREFIX}{s}"))
+        .map(|s| format!("{prefix}{s}"))
         .collect();
-    let layers = layer_devices();
+    let layers = layer_devices(f);
     let odd: Vec<&String> = devs
         .iter()
-        .filter(|n| !fixed.contains(*n) && !n[PREFIX.len()..].parse::<u64>().is_ok())
+        .filter(|n| !fixed.contains(*n) && !n[prefix.len()..].parse::<u64>().is_ok())
         .collect();
     assert!(odd.is_empty(), "unexpected dm devices {odd:?}");
     for s in ["pool", "meta", "data"] {
         assert!(
-            devs.contains(&format!("{PREFIX}{s}")),
-            "no {PREFIX}{s}: {devs:?}"
+            devs.contains(&format!("{prefix}{s}")),
+            "no {prefix}{s}: {devs:?}"
         );
     }
     // Every layer's device is active while the layer exists.
@@ -165,7 +167,7 @@ async fn check_no_orphans(f: &Fixture, expect: &[&str]) {
             let specs = f.mounts(n).await;
             let src = &specs[0].1;
             let id: u64 = src
-                .strip_prefix(&format!("/dev/mapper/{PREFIX}"))
+                .strip_prefix(&format!("/dev/mapper/{prefix}"))
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_else(|| panic!("{n}: mount source {src}"));
             assert!(layers.contains(&id), "{n}: device {src} not active");
@@ -258,8 +260,8 @@ where
 /// What a reboot does to the pool: every layerd dm device deactivated and
 /// the loop devices detached (the daemon must be stopped or dead).
 fn reboot(f: &Fixture) {
-    teardown_thin_pool("main", &f.pool_path());
-    let left = dm_devices();
+    teardown_thin_pool(f.pool_name(), &f.pool_path());
+    let left = dm_devices(f);
     assert!(left.is_empty(), "dm devices survive the teardown: {left:?}");
     let meta = f.pool_path().join("metadata.img");
     if let Err(e) = tool(&["thin_check"], &meta) {
@@ -467,7 +469,7 @@ async fn remove_and_trim_give_space_back() {
     f.fs().used_bytes();
     let after_cleanup = data_blocks(&f);
 
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     let last0 = must(pool.last_trim().await, "LastTrim");
     must(pool.trim().await, "Trim");
     let until = Instant::now() + deadline(Duration::from_secs(60));
@@ -534,13 +536,13 @@ async fn remove_of_a_busy_device_is_deferred_and_leaves_no_orphan() {
         "the removed layer is still listed"
     );
     assert!(
-        dm_devices().contains(&name),
+        dm_devices(&f).contains(&name),
         "the mounted device vanished: deferred removal expected"
     );
     // The holder goes away.
     umount_all(&m.path).expect("unmount the layer");
     let until = Instant::now() + deadline(Duration::from_secs(10));
-    while dm_devices().contains(&name) {
+    while dm_devices(&f).contains(&name) {
         assert!(
             Instant::now() < until,
             "the deferred removal of {name} did not happen once its holder let go"

@@ -92,7 +92,7 @@ fn scatter(dev: &Path, blocks: u64, stride: u64, seed: u8) {
 /// thin_check on the pool's metadata file once the pool is torn down.
 fn thin_check_clean(f: &mut Fixture) {
     f.daemon_mut().stop();
-    teardown_thin_pool("main", &f.pool_path());
+    teardown_thin_pool(f.pool_name(), &f.pool_path());
     let out = Command::new("thin_check")
         .arg(f.pool_path().join("metadata.img"))
         .output()
@@ -138,7 +138,7 @@ async fn extend_grows_loop_pool() {
     write_pattern(&want, 8 * MIB, 5).unwrap();
     let want = fs::read(&want).unwrap();
 
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     let size0 = must(pool.data_size().await, "DataSize");
     assert_eq!(size0, 256 * MIB, "DataSize of a 256M pool");
     assert_eq!(len(&data), 256 * MIB);
@@ -190,13 +190,13 @@ async fn extend_grows_loop_pool() {
 
     // Restart: the pool is adopted at its new size.
     f.restart().await;
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     assert_eq!(must(pool.data_size().await, "DataSize"), size1);
     // "Reboot": no dm devices, no loop devices; the files are the truth.
     f.daemon_mut().stop();
-    teardown_thin_pool("main", &f.pool_path());
+    teardown_thin_pool(f.pool_name(), &f.pool_path());
     f.start().await;
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     assert_eq!(must(pool.health().await, "Health"), "ok");
     assert_eq!(
         must(pool.data_size().await, "DataSize"),
@@ -247,7 +247,7 @@ async fn metadata_grows_at_warning_level() {
         return;
     };
     let meta_file = f.pool_path().join("metadata.img");
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     let msize0 = must(pool.metadata_size().await, "MetadataSize");
     assert_eq!(msize0, 2 * MIB, "MetadataSize of a 2M metadata file");
     let mut alerts = pool.receive_usage_alert().await.unwrap();
@@ -333,7 +333,7 @@ async fn metadata_full_refuses_new_layers() {
         return;
     };
     let meta_file = f.pool_path().join("metadata.img");
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     f.prepare("p-a", "").await;
     scatter(&device_of(&f, "p-a").await, 4096, 1, 1);
     f.commit("p", "p-a").await;

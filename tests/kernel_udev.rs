@@ -137,10 +137,11 @@ async fn data_device_growth_is_picked_up() {
         &tmp.join(format!("udev-grow-meta.{}", std::process::id())),
         16 * MIB,
     );
-    let Some(f) = Fixture::new_with(Backend::Thin, &device_pool(&data, &meta)).await else {
+    let Some(f) = Fixture::new_named(Backend::Thin, &device_pool(&data, &meta), "main").await
+    else {
         return;
     };
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     assert_eq!(must(pool.backing().await, "Backing"), "device");
     let size0 = must(pool.data_size().await, "DataSize");
     assert_eq!(size0, 128 * MIB, "DataSize of a 128 MiB data device");
@@ -242,10 +243,11 @@ async fn vanished_data_device_fails_the_pool() {
         16 * MIB,
     );
     let data = format!("/dev/{sd}");
-    let Some(mut f) = Fixture::new_with(Backend::Thin, &device_pool(&data, &meta)).await else {
+    let Some(mut f) = Fixture::new_named(Backend::Thin, &device_pool(&data, &meta), "main").await
+    else {
         return;
     };
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     f.prepare("a-w", "").await;
     f.commit("a", "a-w").await;
     f.prepare("b", "a").await;
@@ -360,14 +362,15 @@ async fn active_pool_on_other_devices_is_not_adopted() {
     let data2 = loops.attach(&tmp.join(format!("adopt-data2.{pid}")), 128 * MIB);
     let meta2_file = tmp.join(format!("adopt-meta2.{pid}"));
     let meta2 = loops.attach(&meta2_file, 16 * MIB);
-    let Some(mut f) = Fixture::new_with(Backend::Thin, &device_pool(&data, &meta)).await else {
+    let Some(mut f) = Fixture::new_named(Backend::Thin, &device_pool(&data, &meta), "main").await
+    else {
         return;
     };
     f.prepare("kept", "").await;
     let tables = dm_tables();
 
     restart_on(&mut f, &data2, &meta2).await;
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     assert_eq!(must(pool.health().await, "Health"), "failed");
     let reason = must(pool.health_reason().await, "HealthReason");
     assert!(
@@ -390,7 +393,7 @@ async fn active_pool_on_other_devices_is_not_adopted() {
     );
 
     restart_on(&mut f, &data, &meta).await;
-    let pool = f.pool("main").await;
+    let pool = f.main_pool().await;
     assert_eq!(must(pool.health().await, "Health"), "ok");
     assert_eq!(f.stat("kept").await.kind, "active");
     f.finish();

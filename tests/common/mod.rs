@@ -518,9 +518,10 @@ impl FsKind {
     }
     fn mkfs_args(self) -> &'static [&'static str] {
         match self {
-            FsKind::Xfs => &["-q", "-f", "-m", "reflink=1"],
-            FsKind::Ext4 => &["-q", "-F"],
-            FsKind::Btrfs => &["-q", "-f"],
+            // No discard (-K, nodiscard): the image is a fresh sparse file.
+            FsKind::Xfs => &["-q", "-f", "-K", "-m", "reflink=1"],
+            FsKind::Ext4 => &["-q", "-F", "-E", "nodiscard"],
+            FsKind::Btrfs => &["-q", "-f", "-K"],
         }
     }
 }
@@ -1385,13 +1386,51 @@ pub struct Fixture {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     seq: AtomicUsize,
-    /// Thin fixtures: held for the fixture's life, since every fixture's
-    /// pool is `main` and dm names are host-wide (`layerd-main-pool`).
-    _thin: Option<std::sync::MutexGuard<'static, ()>>,
+    /// The pool's name: `main`, or for thin a name of its own
+    /// ([`thin_pool_name`]), since dm names (`layerd-<pool>-*`) are
+    /// host-wide and thin fixtures run side by side.
+    pool_name: String,
+    /// When the fixture began and how long its setup took (`timing` line).
+    started: Instant,
+    setup: Duration,
+    /// Fixtures that must use `main` for thin hold this for their life.
+    _main: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
-/// One thin fixture at a time per test process (see `Fixture::_thin`).
-static THIN_FIXTURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// One thin fixture named `main` at a time per test process.
+static THIN_MAIN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A thin pool name no other fixture on this host uses now: `k<pid>x<n>`
+/// (pool names take A–Z, a–z, 0–9, `_`, `-`; no `-`, so one pool's dm
+/// prefix `layerd-<name>-` is never another's).
+pub fn thin_pool_name() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "k{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The running test's name (libtest names each test's thread after it).
+pub fn test_name() -> String {
+    std::thread::current().name().unwrap_or("?").to_string()
+}
+
+/// One `layerd-test-time:` line per fixture, straight to fd 2 (libtest
+/// captures the output of passing tests): scripts/test-time-table.sh turns
+/// them into the per-test time table.
+fn report_time(backend: Backend, setup: Duration, total: Duration, ok: bool) {
+    let _ = writeln!(
+        io::stderr(),
+        "layerd-test-time: {} {} setup={:.1}s total={:.1}s{}",
+        test_name(),
+        backend.name(),
+        setup.as_secs_f64(),
+        total.as_secs_f64(),
+        if ok { "" } else { " FAILED" }
+    );
+}
 
 impl Fixture {
     /// Builds the world for `backend` and starts layerd. `None` (after a
@@ -1406,13 +1445,29 @@ impl Fixture {
     /// An empty value drops a default key; a `path` replaces the pool
     /// directory (e.g. the data device of `backing = "device"`).
     pub async fn new_with(backend: Backend, extra: &[(&str, String)]) -> Option<Fixture> {
+        let name = if backend.is_thin() {
+            thin_pool_name()
+        } else {
+            "main".into()
+        };
+        Self::new_named(backend, extra, &name).await
+    }
+
+    /// Like [`Fixture::new_with`] with the pool named `pool_name`. A thin
+    /// pool named `main` (tests whose own guards tear down `layerd-main-*`)
+    /// waits for the other `main` thin fixtures of this process.
+    pub async fn new_named(
+        backend: Backend,
+        extra: &[(&str, String)],
+        pool_name: &str,
+    ) -> Option<Fixture> {
         if backend.skip(backend.name()) {
             return None;
         }
+        let started = Instant::now();
         clear_umask();
-        let thin_guard = backend
-            .is_thin()
-            .then(|| THIN_FIXTURE.lock().unwrap_or_else(|p| p.into_inner()));
+        let main_guard = (backend.is_thin() && pool_name == "main")
+            .then(|| THIN_MAIN.lock().unwrap_or_else(|p| p.into_inner()));
         let dir = tempfile::Builder::new()
             .prefix("ld.")
             .rand_bytes(6)
@@ -1427,9 +1482,9 @@ impl Fixture {
         let config = DaemonConfig {
             state_dir: path.join("s"),
             run_dir: path.join("r"),
-            default_pool: "main".into(),
+            default_pool: pool_name.into(),
             pools: vec![PoolConfig {
-                name: "main".into(),
+                name: pool_name.into(),
                 driver: backend.driver().into(),
                 path: pool_path,
                 extra: {
@@ -1452,8 +1507,9 @@ impl Fixture {
             if backend.is_thin() {
                 // No Fixture to drop: its pool must not outlive the test.
                 drop(daemon);
-                teardown_thin_pool("main", &path.join("p"));
+                teardown_thin_pool(pool_name, &path.join("p"));
             }
+            report_time(backend, started.elapsed(), started.elapsed(), false);
             panic!("{}: {e}", backend.name());
         }
         let mgr = manager_proxy(&conn).await;
@@ -1467,8 +1523,26 @@ impl Fixture {
             dir: Some(dir),
             path,
             seq: AtomicUsize::new(0),
-            _thin: thin_guard,
+            pool_name: pool_name.into(),
+            started,
+            setup: started.elapsed(),
+            _main: main_guard,
         })
+    }
+
+    /// The fixture pool's name (`main`, or a thin fixture's own).
+    pub fn pool_name(&self) -> &str {
+        &self.pool_name
+    }
+
+    /// Its D-Bus object, `/org/layerd/Layerd1/pools/<name>`.
+    pub async fn main_pool(&self) -> PoolProxy<'static> {
+        self.pool(&self.pool_name).await
+    }
+
+    /// The prefix of its dm device names (thin): `layerd-<pool>-`.
+    pub fn dm_prefix(&self) -> String {
+        format!("layerd-{}-", self.pool_name)
     }
 
     /// The fixture directory (`/tmp/ld.XXXXXX`).
@@ -1841,7 +1915,7 @@ impl Fixture {
             // (xfs, /dev/mapper/layerd-<pool>-<id>, [nouuid, ro|rw]) at any depth.
             assert_eq!(ty, "xfs", "{ctx}: type");
             assert!(
-                source.starts_with("/dev/mapper/layerd-main-"),
+                source.starts_with(&format!("/dev/mapper/{}", self.dm_prefix())),
                 "{ctx}: source {source} is not the layer's thin device"
             );
             let md = fs::metadata(source).unwrap_or_else(|e| panic!("{ctx}: source {source}: {e}"));
@@ -1961,7 +2035,8 @@ impl Drop for Fixture {
         // Our own mount(8) mounts first: they pin the pool file system.
         unmount_under(&self.path.join("w"));
         if let Some(mut d) = self.daemon.take() {
-            if failed {
+            // LAYERD_TEST_SHOW_LOG=1: every fixture prints the daemon's log.
+            if failed || std::env::var_os("LAYERD_TEST_SHOW_LOG").is_some() {
                 let alive = d
                     .is_running()
                     .map(|st| format!("it had exited: {st}"))
@@ -1984,7 +2059,7 @@ impl Drop for Fixture {
             // The daemon leaves its pool active (as LVM does); the test's
             // pool must go before its file system can.
             unmount_under(&self.path.join("r"));
-            teardown_thin_pool("main", &self.pool_path());
+            teardown_thin_pool(&self.pool_name, &self.pool_path());
         }
         drop(self.fs.take());
         drop(self.bus.take());
@@ -2004,5 +2079,6 @@ impl Drop for Fixture {
                 );
             }
         }
+        report_time(self.backend, self.setup, self.started.elapsed(), !failed);
     }
 }

@@ -636,7 +636,7 @@ pub async fn aufs_import(f: &mut Fixture) {
     .unwrap();
     let names = must(
         f.mgr
-            .import_aufs(&root.to_string_lossy(), "main", "aufs/")
+            .import_aufs(&root.to_string_lossy(), f.pool_name(), "aufs/")
             .await,
         "ImportAufs",
     );
@@ -660,7 +660,7 @@ pub async fn aufs_import(f: &mut Fixture) {
     // Again with the same prefix: the names are taken, nothing changes.
     let e = f
         .mgr
-        .import_aufs(&root.to_string_lossy(), "main", "aufs/")
+        .import_aufs(&root.to_string_lossy(), f.pool_name(), "aufs/")
         .await
         .unwrap_err();
     assert_eq!(
@@ -673,7 +673,7 @@ pub async fn aufs_import(f: &mut Fixture) {
     fs::write(root.join("layers").join(&l3), "nosuchparent\n").unwrap();
     let e = f
         .mgr
-        .import_aufs(&root.to_string_lossy(), "main", "other/")
+        .import_aufs(&root.to_string_lossy(), f.pool_name(), "other/")
         .await
         .unwrap_err();
     assert_eq!(

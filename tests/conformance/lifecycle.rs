@@ -80,7 +80,7 @@ pub async fn basic(f: &mut Fixture) {
         let (info, pool) =
             row.unwrap_or_else(|| panic!("Walk misses {:?}: {walked:?}", expected.name));
         assert_eq!(info, expected, "Walk row differs from Stat");
-        assert_eq!(pool, "main", "Walk row pool");
+        assert_eq!(pool, f.pool_name(), "Walk row pool");
     }
 
     let nextnext = "/work/nextnextlayer";

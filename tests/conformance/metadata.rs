@@ -221,7 +221,7 @@ pub async fn walk(f: &mut Fixture) {
 
     // Rows carry the pool, kinds, parents and labels.
     for (info, pool) in f.walk(&[]).await {
-        assert_eq!(pool, "main", "pool of {:?}", info.name);
+        assert_eq!(pool, f.pool_name(), "pool of {:?}", info.name);
         assert!(
             info.created > 0 && info.updated >= info.created,
             "times of {:?}",
@@ -272,15 +272,21 @@ pub async fn stat_in_walk(f: &mut Fixture) {
 /// The manager's properties and the pool object describe the configured pool.
 pub async fn pool_object(f: &mut Fixture) {
     assert!(!must(f.mgr.version().await, "Version").is_empty());
-    assert_eq!(must(f.mgr.default_pool().await, "DefaultPool"), "main");
+    assert_eq!(
+        must(f.mgr.default_pool().await, "DefaultPool"),
+        f.pool_name()
+    );
     let pools: Vec<String> = must(f.mgr.pools().await, "Pools")
         .iter()
         .map(|p| p.to_string())
         .collect();
-    assert_eq!(pools, vec!["/org/layerd/Layerd1/pools/main".to_string()]);
+    assert_eq!(
+        pools,
+        vec![format!("/org/layerd/Layerd1/pools/{}", f.pool_name())]
+    );
 
-    let pool = f.pool("main").await;
-    assert_eq!(must(pool.name().await, "Pool.Name"), "main");
+    let pool = f.main_pool().await;
+    assert_eq!(must(pool.name().await, "Pool.Name"), f.pool_name());
     assert_eq!(must(pool.driver().await, "Pool.Driver"), f.backend.driver());
     assert_eq!(
         std::path::PathBuf::from(must(pool.path().await, "Pool.Path")),
