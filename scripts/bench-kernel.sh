@@ -59,8 +59,8 @@ mkdir "$res/release"
 cp "$daemon" "$res/release/layerd"
 cp "$bench" "$res/layerd-bench"
 
-# kernel-tier-vm.sh runs "<name> <executable> <args…>" lines; env carries
-# the bench settings into the VM.
+# kernel-tier-vm.sh runs "<lane> <name> <executable> <args…>" lines (one
+# lane here: the runs must not overlap); env carries the bench settings.
 [ $# -gt 0 ] || set -- thin
 vars="LAYERD_BENCH_ITERS=${LAYERD_BENCH_ITERS:-60} LAYERD_BENCH_DIFF_REPS=${LAYERD_BENCH_DIFF_REPS:-0} LAYERD_BENCH_LAYERS=${LAYERD_BENCH_LAYERS:-0} LAYERD_BENCH_BTRFS=${LAYERD_BENCH_BTRFS:-0}"
 for v in $(env | awk -F= '/^LAYERD_BENCH_/ { print $1 }'); do
@@ -70,9 +70,9 @@ done
 if [ -n "${LAYERD_BENCH_COMPARE:-}" ]; then
   mkdir "$res/release-compare"
   cp "$LAYERD_BENCH_COMPARE" "$res/release-compare/layerd"
-  echo "compare /usr/bin/env $vars LAYERD_BIN=$res/release-compare/layerd $res/layerd-bench $*" >>"$res/plan"
+  echo "a compare /usr/bin/env $vars LAYERD_BIN=$res/release-compare/layerd $res/layerd-bench $*" >>"$res/plan"
 fi
-echo "bench /usr/bin/env $vars LAYERD_BIN=$res/release/layerd $res/layerd-bench $*" >>"$res/plan"
+echo "a bench /usr/bin/env $vars LAYERD_BIN=$res/release/layerd $res/layerd-bench $*" >>"$res/plan"
 
 echo "bench-kernel: host load average $(cut -d ' ' -f 1-3 /proc/loadavg); booting ${kernel##*/} under qemu (no KVM), timeout ${timeout_s}s"
 echo "bench-kernel: $vars"
@@ -93,7 +93,7 @@ done
 wait "$vm" 2>/dev/null || true
 vm=
 status=0
-while read -r name _; do
+while read -r _ name _; do
   echo "==> bench-kernel (VM): $name"
   cat "$res/$name.out" 2>/dev/null || true
   rc=$(cat "$res/$name.rc" 2>/dev/null || echo none)

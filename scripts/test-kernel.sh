@@ -65,23 +65,33 @@ trap cleanup EXIT
 daemon=$(exe bin:layerd)
 [ -n "$daemon" ] || { echo "kernel tier: cargo built no layerd binary" >&2; exit 1; }
 cp "$daemon" "$res/layerd"
+# Debugging knobs reach the VM's tests (scripts/kernel-tier-vm.sh sources this).
+for v in LAYERD_LOG LAYERD_TEST_SHOW_LOG; do
+  [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}" >>"$res/env"
+done
 
-# The plan: one line per run, "<name> <executable> <libtest args…>".
+# The plan: one line per run, "<lane> <name> <executable> <libtest args…>".
+# The VM runs each lane's lines in order and the lanes side by side (the
+# guest's two vCPUs idle while a test waits on udev or a device).
 if [ $# -gt 0 ]; then
   target=$1; shift
   bin=$(exe "$target")
   [ -n "$bin" ] || { echo "kernel tier: no test target named $target" >&2; exit 1; }
   case $target in kernel_*) set -- --ignored "$@" ;; esac
-  echo "$target $bin $*" >"$res/plan"
+  echo "a $target $bin $*" >"$res/plan"
 else
   : >"$res/plan"
-  # Every kernel_* target, each whole: kernel_conformance is every
-  # conformance scenario (tests/conformance/scenario_list.rs, the diff ones
-  # included) on thin. Thin fixtures run one at a time (one pool name, and
-  # dm names are host-wide); each makes a pool and formats its base device
-  # under emulation, ~1 min a scenario, so this target takes ~40 min.
-  for t in $(awk '$1 ~ /^kernel_/ { print $1 }' <<<"$exes" | sort); do
-    echo "$t $(exe "$t") --ignored --test-threads=2" >>"$res/plan"
+  # Lane a: kernel_conformance, every conformance scenario
+  # (tests/conformance/scenario_list.rs, the diff ones included) on thin,
+  # two at a time: each thin fixture has a pool name of its own
+  # (tests/common: thin_pool_name), so their dm names never meet.
+  # Lane b: every other target, one after another. Those whose fixtures
+  # must call their pool `main` (kernel_thin_crash, kernel_udev, and
+  # default_pool, whose built-in pool is `main`) all stay in lane b, so no
+  # two `layerd-main-*` pools ever exist at once.
+  echo "a kernel_conformance $(exe kernel_conformance) --ignored --test-threads=${LAYERD_VM_THREADS:-2}" >>"$res/plan"
+  for t in $(awk '$1 ~ /^kernel_/ && $1 != "kernel_conformance" { print $1 }' <<<"$exes" | sort); do
+    echo "b $t $(exe "$t") --ignored --test-threads=2" >>"$res/plan"
   done
   # The host-tier harness (loop devices, mkfs, bus, daemon) in the VM: two
   # vfs conformance tests, xfs and ext4, and overlay scenarios, which on the
@@ -91,17 +101,17 @@ else
   # `scripts/test-kernel.sh conformance --test-threads=2 overlay_xfs::`.
   # Not btrfs: loading its module benchmarks raid6 for ~20 s under emulation.
   # With no config the daemon's default pool is thin where dm-thin exists.
-  echo "default_pool $(exe default_pool) --ignored --exact builtin_default_pool_is_thin_where_dm_thin_exists" >>"$res/plan"
-  echo "conformance $(exe conformance) --test-threads=2 --exact vfs_xfs::basic vfs_ext4::basic" >>"$res/plan"
+  echo "b default_pool $(exe default_pool) --ignored --exact builtin_default_pool_is_thin_where_dm_thin_exists" >>"$res/plan"
+  echo "b conformance $(exe conformance) --test-threads=2 --exact vfs_xfs::basic vfs_ext4::basic" >>"$res/plan"
   ovl="basic transitivity remove_intermediate view_readonly layers_128 mounts_of_committed mount_spec_shapes restart_keeps_state"
-  echo "conformance-overlay $(exe conformance) --test-threads=2 --exact $(printf 'overlay_xfs::%s ' $ovl)" >>"$res/plan"
+  echo "b conformance-overlay $(exe conformance) --test-threads=2 --exact $(printf 'overlay_xfs::%s ' $ovl)" >>"$res/plan"
 fi
 [ -s "$res/plan" ] || { echo "kernel tier: nothing to run" >&2; exit 1; }
 
 echo "kernel tier: booting ${kernel##*/} under qemu (no KVM), timeout ${timeout_s}s"
 # setsid: the VM (vng, virtme-run, qemu) gets its own process group, so the
 # cleanup and the timeout end all of it and nothing else.
-setsid vng -r "$kernel" --disable-kvm --memory 2G --cpus 2 --rwdir="$res" \
+setsid vng -r "$kernel" --disable-kvm --memory "${LAYERD_VM_MEMORY:-4G}" --cpus 2 --rwdir="$res" \
   --exec "bash $repo/scripts/kernel-tier-vm.sh $res" </dev/null >"$res/console.log" 2>&1 &
 vm=$!
 start=$(date +%s)
@@ -125,7 +135,7 @@ vm=
 end=$(date +%s)
 
 status=0
-while read -r name _; do
+while read -r _ name _; do
   echo "==> kernel tier (VM): $name"
   cat "$res/$name.out" 2>/dev/null || true
   rc=$(cat "$res/$name.rc" 2>/dev/null || echo none)
@@ -147,5 +157,7 @@ if [ "$status" != 0 ]; then
   echo "--- VM script log (tail) ---"
   tail -n 40 "$res/vm.log" 2>/dev/null || true
 fi
+# Where the time went: each plan line's time in the VM, and the guest's CPU.
+grep -E '^vm: (\[.*done|guest CPU)' "$res/vm.log" 2>/dev/null | sed 's/^vm:/kernel tier time:/' || true
 echo "kernel tier: VM boot ${boot:-?}s, VM run $((end - start))s, tier total $((end - t0))s, VM peak RSS $((peak / 1024)) MiB"
 exit "$status"
