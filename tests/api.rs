@@ -27,7 +27,6 @@ use common::*;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedValue;
 
-const ERR: &str = "org.layerd.Layerd1.Error.";
 const ROOT: &str = "/org/layerd/Layerd1";
 const POOL_IFACE: &str = "org.layerd.Layerd1.Pool";
 const MANAGER_IFACE: &str = "org.layerd.Layerd1.Manager";
@@ -40,13 +39,6 @@ const POOL_LABEL: &str = "layerd.io/pool";
 
 async fn fixture() -> Option<Fixture> {
     Fixture::new(Backend::OverlayXfs).await
-}
-
-/// Default labels plus `extra`.
-fn with(extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut l = default_labels();
-    l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    l
 }
 
 /// What a rejected call must leave exactly as it was: every Walk row
@@ -80,30 +72,6 @@ async fn snapshot(f: &Fixture, roots: &[PathBuf]) -> Snapshot {
     let m = f.run_dir().join("m");
     dir_entries(&m, &format!("{}/", m.display()), &mut entries);
     Snapshot { walk, entries }
-}
-
-/// Checks a failed call: exactly `org.layerd.Layerd1.Error.<kind>`, a
-/// message containing every needle. Returns the message.
-fn check_err<T: Debug>(what: &str, res: zbus::Result<T>, kind: &str, needles: &[&str]) -> String {
-    let e = match res {
-        Ok(v) => panic!("{what}: expected {ERR}{kind}, but the call succeeded with {v:?}"),
-        Err(e) => e,
-    };
-    let want = format!("{ERR}{kind}");
-    assert_eq!(
-        err_name(&e).as_deref(),
-        Some(want.as_str()),
-        "{what}: wrong error: {}",
-        describe(&e)
-    );
-    let msg = err_message(&e).unwrap_or_default();
-    for n in needles {
-        assert!(
-            msg.contains(n),
-            "{what}: the {kind} message does not name {n:?}: {msg:?}"
-        );
-    }
-    msg
 }
 
 /// Runs `call` (not yet started) and checks that it fails with `kind`, its
@@ -322,7 +290,7 @@ async fn limits_on_keys_names_and_labels() {
         &f,
         &roots,
         "Prepare with a 4097-byte label pair",
-        m.prepare("lab", "", with(&[(lk, &over)])),
+        m.prepare("lab", "", labels_with(&[(lk, &over)])),
         "InvalidArgument",
         &[lk, "4097", "4096"],
     )
@@ -331,7 +299,7 @@ async fn limits_on_keys_names_and_labels() {
         &f,
         &roots,
         "View with a 4097-byte label pair",
-        m.view("lab", "base", with(&[(lk, &over)])),
+        m.view("lab", "base", labels_with(&[(lk, &over)])),
         "InvalidArgument",
         &[lk, "4097"],
     )
@@ -340,7 +308,7 @@ async fn limits_on_keys_names_and_labels() {
         &f,
         &roots,
         "Update with a 4097-byte label pair",
-        m.update("act", with(&[(lk, &over)]), vec![]),
+        m.update("act", labels_with(&[(lk, &over)]), vec![]),
         "InvalidArgument",
         &[lk, "4097"],
     )
@@ -349,7 +317,11 @@ async fn limits_on_keys_names_and_labels() {
         &f,
         &roots,
         "Update of labels.K with a 4097-byte pair",
-        m.update("act", with(&[(lk, &over)]), vec![format!("labels.{lk}")]),
+        m.update(
+            "act",
+            labels_with(&[(lk, &over)]),
+            vec![format!("labels.{lk}")],
+        ),
         "InvalidArgument",
         &[lk, "4097"],
     )
@@ -373,14 +345,14 @@ async fn limits_on_keys_names_and_labels() {
         &["label", "empty"],
     )
     .await;
-    f.prepare_with("lab", "", with(&[(lk, &fits)])).await;
+    f.prepare_with("lab", "", labels_with(&[(lk, &fits)])).await;
     assert_eq!(
         f.stat("lab").await.labels.get(lk),
         Some(&fits),
         "a 4096-byte label pair"
     );
     let u = must(
-        m.update("act", with(&[(lk, &fits)]), vec![]).await,
+        m.update("act", labels_with(&[(lk, &fits)]), vec![]).await,
         "Update with a 4096-byte pair",
     );
     assert_eq!(u.3.get(lk), Some(&fits));
@@ -453,7 +425,7 @@ async fn limits_on_keys_names_and_labels() {
         &f,
         &roots,
         "Commit with a 4097-byte label pair",
-        m.commit("c", "act", with(&[(lk, &over)])),
+        m.commit("c", "act", labels_with(&[(lk, &over)])),
         "InvalidArgument",
         &[lk, "4097"],
     )
@@ -483,7 +455,7 @@ async fn unknown_pool_is_not_found() {
         &f,
         &roots,
         "Prepare with layerd.io/pool=nope",
-        m.prepare("x", "", with(&[(POOL_LABEL, "nope")])),
+        m.prepare("x", "", labels_with(&[(POOL_LABEL, "nope")])),
         "NotFound",
         &["nope"],
     )
@@ -492,13 +464,14 @@ async fn unknown_pool_is_not_found() {
         &f,
         &roots,
         "View with layerd.io/pool=nope",
-        m.view("x", "", with(&[(POOL_LABEL, "nope")])),
+        m.view("x", "", labels_with(&[(POOL_LABEL, "nope")])),
         "NotFound",
         &["nope"],
     )
     .await;
     // The default pool by name works.
-    f.prepare_with("y", "", with(&[(POOL_LABEL, "main")])).await;
+    f.prepare_with("y", "", labels_with(&[(POOL_LABEL, "main")]))
+        .await;
     assert_eq!(f.walk(&["name==y"]).await[0].1, "main");
     f.finish();
 }
@@ -905,7 +878,7 @@ async fn child_in_another_pool_is_invalid() {
         f,
         &roots,
         "Prepare on a main-pool parent with layerd.io/pool=other",
-        m.prepare("c", "base", with(&[(POOL_LABEL, "other")])),
+        m.prepare("c", "base", labels_with(&[(POOL_LABEL, "other")])),
         "InvalidArgument",
         &["\"other\"", "\"main\""],
     )
@@ -914,24 +887,24 @@ async fn child_in_another_pool_is_invalid() {
         f,
         &roots,
         "View of a main-pool parent with layerd.io/pool=other",
-        m.view("c", "base", with(&[(POOL_LABEL, "other")])),
+        m.view("c", "base", labels_with(&[(POOL_LABEL, "other")])),
         "InvalidArgument",
         &["\"other\"", "\"main\""],
     )
     .await;
 
     // In the other pool: parentless by label; children follow the parent.
-    f.prepare_with("o-a", "", with(&[(POOL_LABEL, "other")]))
+    f.prepare_with("o-a", "", labels_with(&[(POOL_LABEL, "other")]))
         .await;
     f.commit("o", "o-a").await;
     f.prepare("o-child", "o").await;
-    f.prepare_with("o-child2", "o", with(&[(POOL_LABEL, "other")]))
+    f.prepare_with("o-child2", "o", labels_with(&[(POOL_LABEL, "other")]))
         .await;
     rejected(
         f,
         &roots,
         "Prepare on an other-pool parent with layerd.io/pool=main",
-        m.prepare("c", "o", with(&[(POOL_LABEL, "main")])),
+        m.prepare("c", "o", labels_with(&[(POOL_LABEL, "main")])),
         "InvalidArgument",
         &["\"main\"", "\"other\""],
     )
@@ -986,7 +959,7 @@ async fn pool_full() {
         f,
         &roots,
         "Prepare in the full pool",
-        m.prepare("x", "", with(&[(POOL_LABEL, "full")])),
+        m.prepare("x", "", labels_with(&[(POOL_LABEL, "full")])),
         "PoolFull",
         &["\"full\"", "99%"],
     )
@@ -1005,14 +978,14 @@ async fn pool_full() {
         f,
         &roots,
         "View in the full pool",
-        m.view("x", "", with(&[(POOL_LABEL, "full")])),
+        m.view("x", "", labels_with(&[(POOL_LABEL, "full")])),
         "PoolFull",
         &["\"full\"", "99"],
     )
     .await;
     // The other pools still work.
     f.prepare("fine", "").await;
-    f.prepare_with("fine2", "", with(&[(POOL_LABEL, "other")]))
+    f.prepare_with("fine2", "", labels_with(&[(POOL_LABEL, "other")]))
         .await;
     assert_eq!(must(full.layer_count().await, "full.LayerCount"), 0);
     w.finish();
@@ -1315,7 +1288,8 @@ async fn read_through_mount(f: &Fixture, key: &str, file: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_every_layer() {
     let Some(mut f) = fixture().await else { return };
-    f.prepare_with("l1-a", "", with(&[("k", "v1")])).await;
+    f.prepare_with("l1-a", "", labels_with(&[("k", "v1")]))
+        .await;
     f.apply_to(
         "l1-a",
         &[
@@ -1325,7 +1299,8 @@ async fn restart_keeps_every_layer() {
         Via::Daemon,
     )
     .await;
-    f.commit_with("l1", "l1-a", with(&[("layer", "1")])).await;
+    f.commit_with("l1", "l1-a", labels_with(&[("layer", "1")]))
+        .await;
     f.prepare("l2-a", "l1").await;
     f.apply_to(
         "l2-a",
@@ -1438,7 +1413,7 @@ async fn client(addr: String, i: usize, deadline: Instant) -> Result<usize, Stri
         .await
         .map_err(|e| e.to_string())?;
     let ctx = |what: String| move |e: zbus::Error| format!("client {i}: {what}: {}", describe(&e));
-    let l = with(&[("client", &i.to_string())]);
+    let l = labels_with(&[("client", &i.to_string())]);
     let write = |p: &str, file: String, data: String| -> Result<(), String> {
         let p = Path::new(p);
         let base = fs::read_to_string(p.join("base-file"))

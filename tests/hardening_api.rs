@@ -15,7 +15,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::fmt::Debug;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -23,40 +22,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const ERR: &str = "org.layerd.Layerd1.Error.";
 const POOL_LABEL: &str = "layerd.io/pool";
 const SIZE_LABEL: &str = "layerd.io/size";
-
-/// Checks a failed call: exactly `org.layerd.Layerd1.Error.<kind>`, a
-/// message containing every needle. Returns the message.
-fn check_err<T: Debug>(what: &str, res: zbus::Result<T>, kind: &str, needles: &[&str]) -> String {
-    let e = match res {
-        Ok(v) => panic!("{what}: expected {ERR}{kind}, but the call succeeded with {v:?}"),
-        Err(e) => e,
-    };
-    let want = format!("{ERR}{kind}");
-    assert_eq!(
-        err_name(&e).as_deref(),
-        Some(want.as_str()),
-        "{what}: wrong error: {}",
-        describe(&e)
-    );
-    let msg = err_message(&e).unwrap_or_default();
-    for n in needles {
-        assert!(
-            msg.contains(n),
-            "{what}: the {kind} message does not name {n:?}: {msg:?}"
-        );
-    }
-    msg
-}
-
-/// Default labels plus `extra`.
-fn with(extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut l = default_labels();
-    l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    l
-}
 
 /// The daemon's resident set size in bytes (`VmRSS` of /proc/PID/status).
 fn rss(f: &Fixture) -> u64 {
@@ -362,8 +329,9 @@ async fn pool_label_cannot_be_changed_after_creation() {
     }
     f.restart().await;
 
-    f.prepare_with("a", "", with(&[(POOL_LABEL, "main")])).await;
-    f.prepare_with("b", "", with(&[(POOL_LABEL, "other")]))
+    f.prepare_with("a", "", labels_with(&[(POOL_LABEL, "main")]))
+        .await;
+    f.prepare_with("b", "", labels_with(&[(POOL_LABEL, "other")]))
         .await;
     f.prepare("c", "").await;
     let pool_of = |rows: Vec<(Info, String)>, key: &str| {
@@ -381,7 +349,7 @@ async fn pool_label_cannot_be_changed_after_creation() {
         check_err(
             &format!("Update {key} to {POOL_LABEL}={wrong}"),
             f.mgr
-                .update(key, with(&[(POOL_LABEL, wrong)]), vec![])
+                .update(key, labels_with(&[(POOL_LABEL, wrong)]), vec![])
                 .await,
             "InvalidArgument",
             &[POOL_LABEL, wrong, lives],
@@ -401,7 +369,7 @@ async fn pool_label_cannot_be_changed_after_creation() {
         check_err(
             &format!("Update {key} to a pool that does not exist"),
             f.mgr
-                .update(key, with(&[(POOL_LABEL, "nowhere")]), vec![])
+                .update(key, labels_with(&[(POOL_LABEL, "nowhere")]), vec![])
                 .await,
             "InvalidArgument",
             &[POOL_LABEL, "nowhere"],
@@ -410,7 +378,7 @@ async fn pool_label_cannot_be_changed_after_creation() {
         // Saying where it lives is fine, and so is keeping it.
         let i: Info = must(
             f.mgr
-                .update(key, with(&[(POOL_LABEL, lives), ("x", "1")]), vec![])
+                .update(key, labels_with(&[(POOL_LABEL, lives), ("x", "1")]), vec![])
                 .await,
             "Update keeping the pool label",
         )
@@ -419,7 +387,11 @@ async fn pool_label_cannot_be_changed_after_creation() {
         check_err(
             &format!("Commit {key} with {POOL_LABEL}={wrong}"),
             f.mgr
-                .commit(&format!("{key}-c"), key, with(&[(POOL_LABEL, wrong)]))
+                .commit(
+                    &format!("{key}-c"),
+                    key,
+                    labels_with(&[(POOL_LABEL, wrong)]),
+                )
                 .await,
             "InvalidArgument",
             &[POOL_LABEL, wrong],
@@ -430,7 +402,7 @@ async fn pool_label_cannot_be_changed_after_creation() {
             "the failed Commit changed nothing"
         );
     }
-    f.commit_with("a-c", "a", with(&[(POOL_LABEL, "main")]))
+    f.commit_with("a-c", "a", labels_with(&[(POOL_LABEL, "main")]))
         .await;
     // Dropping the label (Commit replaces labels) says nothing wrong.
     f.commit("b-c", "b").await;
@@ -440,7 +412,7 @@ async fn pool_label_cannot_be_changed_after_creation() {
     check_err(
         "Update b-c to say main",
         f.mgr
-            .update("b-c", with(&[(POOL_LABEL, "main")]), vec![])
+            .update("b-c", labels_with(&[(POOL_LABEL, "main")]), vec![])
             .await,
         "InvalidArgument",
         &[POOL_LABEL],
@@ -458,14 +430,14 @@ async fn size_label_cannot_be_changed_after_creation() {
     let Some(f) = Fixture::new(Backend::Btrfs).await else {
         return;
     };
-    f.prepare_with("lim", "", with(&[(SIZE_LABEL, "32M")]))
+    f.prepare_with("lim", "", labels_with(&[(SIZE_LABEL, "32M")]))
         .await;
     f.prepare("free", "").await;
     for (key, wrong) in [("lim", "64M"), ("lim", "1G"), ("free", "32M")] {
         check_err(
             &format!("Update {key} to {SIZE_LABEL}={wrong}"),
             f.mgr
-                .update(key, with(&[(SIZE_LABEL, wrong)]), vec![])
+                .update(key, labels_with(&[(SIZE_LABEL, wrong)]), vec![])
                 .await,
             "InvalidArgument",
             &[SIZE_LABEL, wrong],
@@ -473,7 +445,11 @@ async fn size_label_cannot_be_changed_after_creation() {
         check_err(
             &format!("Commit {key} with {SIZE_LABEL}={wrong}"),
             f.mgr
-                .commit(&format!("{key}-c"), key, with(&[(SIZE_LABEL, wrong)]))
+                .commit(
+                    &format!("{key}-c"),
+                    key,
+                    labels_with(&[(SIZE_LABEL, wrong)]),
+                )
                 .await,
             "InvalidArgument",
             &[SIZE_LABEL, wrong],
@@ -497,7 +473,7 @@ async fn size_label_cannot_be_changed_after_creation() {
             .await,
         "Update keeping the size label",
     );
-    f.commit_with("lim-c", "lim", with(&[(SIZE_LABEL, "32M")]))
+    f.commit_with("lim-c", "lim", labels_with(&[(SIZE_LABEL, "32M")]))
         .await;
     f.finish();
 }
@@ -513,7 +489,8 @@ async fn apply_past_the_layers_size_limit_names_the_limit() {
     let Some(f) = Fixture::new(Backend::Btrfs).await else {
         return;
     };
-    f.prepare_with("lim", "", with(&[(SIZE_LABEL, "8M")])).await;
+    f.prepare_with("lim", "", labels_with(&[(SIZE_LABEL, "8M")]))
+        .await;
     let msg = check_err(
         "Apply of 64 MiB into an 8M layer",
         apply_pipe(&f, "lim", "big", 64 * MIB).await,

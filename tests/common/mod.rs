@@ -194,6 +194,44 @@ pub fn default_labels() -> HashMap<String, String> {
     labels(&[DEFAULT_LABEL])
 }
 
+/// Default labels plus `extra`.
+pub fn labels_with(extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut l = default_labels();
+    l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    l
+}
+
+/// Checks a failed call: exactly `org.layerd.Layerd1.Error.<kind>`, a
+/// message containing every needle. Returns the message.
+pub fn check_err<T: fmt::Debug>(
+    what: &str,
+    res: zbus::Result<T>,
+    kind: &str,
+    needles: &[&str],
+) -> String {
+    let e = match res {
+        Ok(v) => {
+            panic!("{what}: expected {ERROR_PREFIX}{kind}, but the call succeeded with {v:?}")
+        }
+        Err(e) => e,
+    };
+    let want = format!("{ERROR_PREFIX}{kind}");
+    assert_eq!(
+        err_name(&e).as_deref(),
+        Some(want.as_str()),
+        "{what}: wrong error: {}",
+        describe(&e)
+    );
+    let msg = err_message(&e).unwrap_or_default();
+    for n in needles {
+        assert!(
+            msg.contains(n),
+            "{what}: the {kind} message does not name {n:?}: {msg:?}"
+        );
+    }
+    msg
+}
+
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
         .stdin(Stdio::null())
