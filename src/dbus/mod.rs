@@ -9,6 +9,7 @@
 //! finished jobs are kept, none longer than an hour).
 
 pub mod access;
+mod caller;
 pub mod client;
 pub mod error;
 pub mod job;
