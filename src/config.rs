@@ -43,6 +43,8 @@
 //! - sizes are whole numbers with an optional binary unit: `K`, `M`, `G`, `T`,
 //!   `P`, `E` (also `KB`/`KiB`…, any case, all meaning powers of 1024).
 
+mod duration;
+
 use std::fmt;
 use std::fs;
 use std::io;
@@ -62,6 +64,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/layerd";
 pub const DEFAULT_RUN_DIR: &str = "/run/layerd";
 /// `[daemon] default_pool` default, and the name of the built-in pool.
 pub const DEFAULT_POOL: &str = "main";
+/// `[daemon] diff_idle_timeout` default.
+pub const DEFAULT_DIFF_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub use duration::parse_duration;
 /// Sparse file size of the built-in loop-backed pool (thin/btrfs).
 pub const DEFAULT_LOOP_SIZE: u64 = 100 << 30;
 /// `block_size` default: dm-thin's smallest chunk.
@@ -105,6 +110,9 @@ pub struct DaemonConfig {
     pub run_dir: PathBuf,
     /// Pool for parentless layers without a `layerd.io/pool` label.
     pub default_pool: String,
+    /// How long an Apply or Export waits on a descriptor that gives (or
+    /// takes) nothing before it fails.
+    pub diff_idle_timeout: std::time::Duration,
 }
 
 /// `driver = "…"` of a pool.
@@ -299,6 +307,7 @@ impl Default for DaemonConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             run_dir: PathBuf::from(DEFAULT_RUN_DIR),
             default_pool: DEFAULT_POOL.to_string(),
+            diff_idle_timeout: DEFAULT_DIFF_IDLE_TIMEOUT,
         }
     }
 }
@@ -576,6 +585,7 @@ struct RawDaemon {
     state_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     default_pool: Option<String>,
+    diff_idle_timeout: Option<duration::Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1279,6 +1289,9 @@ fn resolve(raw: RawConfig) -> Result<Config, Problem> {
             state_dir: d.state_dir.map_or(defaults.state_dir, normalize),
             run_dir: d.run_dir.map_or(defaults.run_dir, normalize),
             default_pool: d.default_pool.unwrap_or(defaults.default_pool),
+            diff_idle_timeout: d
+                .diff_idle_timeout
+                .map_or(defaults.diff_idle_timeout, |d| d.0),
         },
         None => defaults,
     };
@@ -1874,6 +1887,28 @@ mod tests {
     }
 
     #[test]
+    fn diff_idle_timeout_key() {
+        let base = "[[pool]]\nname = \"main\"\ndriver = \"vfs\"\npath = \"/srv/p\"\n";
+        let c = parse_inner(base, Path::new(ORIGIN), false).unwrap();
+        assert_eq!(c.daemon.diff_idle_timeout, DEFAULT_DIFF_IDLE_TIMEOUT);
+        for (v, want) in [("\"90s\"", 90_000), ("\"500ms\"", 500), ("2", 2000)] {
+            let text = format!("[daemon]\ndiff_idle_timeout = {v}\n{base}");
+            let c = parse_inner(&text, Path::new(ORIGIN), false).unwrap();
+            assert_eq!(c.daemon.diff_idle_timeout.as_millis(), want, "{v}");
+        }
+        assert_err(
+            &format!("[daemon]\ndiff_idle_timeout = \"0s\"\n{base}"),
+            2,
+            &["daemon.diff_idle_timeout", "must be more than 0"],
+        );
+        assert_err(
+            &format!("[daemon]\ndiff_idle_timeout = \"1d\"\n{base}"),
+            2,
+            &["daemon.diff_idle_timeout", "unknown unit"],
+        );
+    }
+
+    #[test]
     fn default_file_loads() {
         // Without host checks it must always be valid…
         let c = parse_inner(DEFAULT_FILE, Path::new(ORIGIN), false).unwrap();
@@ -2039,6 +2074,7 @@ mod tests {
             state_dir: dir.path().join("state"),
             run_dir: dir.path().join("run"),
             default_pool: "main".into(),
+            diff_idle_timeout: DEFAULT_DIFF_IDLE_TIMEOUT,
         };
         let v = Config::builtin_default_with(daemon.clone(), Driver::Vfs);
         assert_eq!(v.pools[0].path, dir.path().join("state/main"));

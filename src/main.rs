@@ -233,7 +233,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg, args.bus_address, builtin.is_some())) {
+    let r = rt.block_on(run(cfg, args.bus_address, builtin.is_some()));
+    // Dropping the runtime would wait for every blocking thread for ever.
+    rt.shutdown_timeout(RUNTIME_STOP_WAIT);
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "layerd stopped");
@@ -267,6 +270,7 @@ async fn run(cfg: Config, bus_address: Option<String>, builtin: bool) -> Result<
             record_builtin_driver(&cfg.daemon.state_dir, pool.driver);
         }
     }
+    engine.set_diff_idle_timeout(cfg.daemon.diff_idle_timeout);
     let engine = Arc::new(engine);
     // Timers before the bus name: a service a timer starts finds the
     // daemon ready, and MaintenanceSchedule is final once clients see it.
@@ -320,10 +324,27 @@ async fn run(cfg: Config, bus_address: Option<String>, builtin: bool) -> Result<
         sd_notify::NotifyState::Status("stopping"),
     ]);
     monitor.abort();
+    // An Apply or Export blocked on a caller's descriptor would keep the
+    // daemon from ever exiting: stop them all (each Apply marks its layer
+    // failed) and give their replies a moment to go out.
+    let e = engine.clone();
+    if tokio::task::spawn_blocking(move || e.stop_diffs(DIFF_STOP_WAIT))
+        .await
+        .unwrap_or(false)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // Daemon mounts stay: they are recorded and the next start adopts them.
     drop(conn);
     Ok(())
 }
+
+/// How long SIGTERM waits for stopped Applies and Exports to unwind.
+const DIFF_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the runtime's shutdown waits for threads still in a request
+/// (whatever is left is abandoned: the process exits).
+const RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Sends sd_notify(3) states; without NOTIFY_SOCKET (not under systemd)
 /// this does nothing.

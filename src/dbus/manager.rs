@@ -11,7 +11,8 @@ use zbus::{interface, Connection};
 
 use super::access::Access;
 use super::error::DbusError;
-use super::{blocking, pool_path};
+use super::{blocking, caller, pool_path};
+use crate::engine::diff::watch::Cancel;
 use crate::engine::types::{Kind, LayerInfo};
 use crate::engine::Engine;
 use crate::sys::mount::MountSpec;
@@ -243,9 +244,11 @@ impl Manager {
     ) -> Result<u64, DbusError> {
         self.access.require_root(conn, &hdr, "Apply").await?;
         let e = self.engine.clone();
-        let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
-        crate::engine::diff::check_descriptor(std::os::fd::AsFd::as_fd(&file), false)?;
-        blocking(move || e.apply(&key, file)).await
+        let fd = std::os::fd::OwnedFd::from(fd);
+        crate::engine::diff::check_descriptor(std::os::fd::AsFd::as_fd(&fd), false)?;
+        let cancel = Cancel::new().map_err(|e| DbusError::Internal(format!("eventfd: {e}")))?;
+        let _watch = caller::watch(conn, &hdr, &cancel).await;
+        blocking(move || e.apply_fd(&key, fd, &cancel)).await
     }
 
     /// Writes the layer's changes against its parent into `fd` as an OCI
@@ -261,9 +264,11 @@ impl Manager {
     ) -> Result<u64, DbusError> {
         self.access.require_root(conn, &hdr, "Export").await?;
         let e = self.engine.clone();
-        let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
-        crate::engine::diff::check_descriptor(std::os::fd::AsFd::as_fd(&file), true)?;
-        blocking(move || e.export(&key, std::io::BufWriter::with_capacity(1 << 20, file))).await
+        let fd = std::os::fd::OwnedFd::from(fd);
+        crate::engine::diff::check_descriptor(std::os::fd::AsFd::as_fd(&fd), true)?;
+        let cancel = Cancel::new().map_err(|e| DbusError::Internal(format!("eventfd: {e}")))?;
+        let _watch = caller::watch(conn, &hdr, &cancel).await;
+        blocking(move || e.export_fd(&key, fd, &cancel)).await
     }
 
     /// Imports a legacy Docker aufs tree (layers/<id> ancestry files,

@@ -9,6 +9,7 @@
 //! finished jobs are kept, none longer than an hour).
 
 pub mod access;
+mod caller;
 pub mod client;
 pub mod error;
 pub mod job;
@@ -44,7 +45,9 @@ pub fn pool_path(name: &str) -> zbus::zvariant::Result<OwnedObjectPath> {
     OwnedObjectPath::try_from(p)
 }
 
-/// Runs a (blocking) engine call.
+/// Runs a (blocking) engine call. A panic inside it is caught and answered
+/// as `Internal` (logged at error level): without this the request would
+/// die with its task and its caller never get a reply.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, DbusError>
 where
     F: FnOnce() -> crate::engine::error::Result<T> + Send + 'static,
@@ -53,7 +56,28 @@ where
     // block_in_place runs the call on this worker (the runtime moves its
     // other tasks away) instead of handing it to another thread and back,
     // which cost ~160 µs per request in bench/.
-    tokio::task::block_in_place(f).map_err(DbusError::from)
+    // AssertUnwindSafe: the engine's locks recover from poisoning
+    // (engine::lock) and its store writes are transactions, so state seen
+    // after a panic is state some request left complete.
+    match tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+    {
+        Ok(r) => r.map_err(DbusError::from),
+        Err(payload) => {
+            let what = panic_message(payload.as_ref());
+            tracing::error!(panic = %what, "a request panicked; answered Internal");
+            Err(DbusError::Internal(format!(
+                "internal error: the request panicked ({what}); the daemon goes on serving, see its log"
+            )))
+        }
+    }
+}
+
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Connects (system bus, or `address`), exports every object, takes the
@@ -280,6 +304,17 @@ async fn announce(
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_call_is_an_internal_reply() {
+        let r: Result<(), _> = super::blocking(|| panic!("boom")).await;
+        match r {
+            Err(super::DbusError::Internal(m)) => assert!(m.contains("panicked (boom)"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let ok = super::blocking(|| Ok(7)).await;
+        assert!(matches!(ok, Ok(7)));
+    }
+
     #[test]
     fn pool_paths_escape_like_systemd() {
         assert_eq!(

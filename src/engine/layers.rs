@@ -324,6 +324,7 @@ impl Engine {
 
     pub fn stat(&self, key: &str) -> Result<LayerInfo> {
         validate::key("key", key)?;
+        fault::panic_at("stat-panic");
         self.store.read(|tx| -> Result<LayerInfo> {
             let rec = tx
                 .by_key(key)?

@@ -191,6 +191,8 @@ pub struct Engine {
     /// Layers an Apply (-1) or Exports (their count) are working in; Commit
     /// and Remove refuse them (diff/mod.rs). Changed under `mount_lock`.
     diff_use: Mutex<std::collections::HashMap<u64, i64>>,
+    /// Running Applies/Exports on callers' descriptors (diff/watch.rs).
+    diff_watch: diff::watch::Registry,
     /// Maintenance jobs, running and recently finished (jobs.rs).
     jobs: jobs::Jobs,
     /// Set by [`Engine::watch`]: the engine's own handle, with which
@@ -253,6 +255,7 @@ impl Engine {
             events,
             mount_lock: Mutex::new(()),
             diff_use: Mutex::new(Default::default()),
+            diff_watch: Default::default(),
             jobs: jobs::Jobs::default(),
             me: OnceLock::new(),
             maintenance: Mutex::new(BTreeMap::new()),

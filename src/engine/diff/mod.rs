@@ -19,6 +19,7 @@ pub mod apply;
 mod aufs;
 pub mod export;
 mod input;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -67,6 +68,10 @@ pub enum DiffError {
         #[source]
         source: std::io::Error,
     },
+    /// The call was stopped before its descriptor ended (watch.rs): the
+    /// caller left, the daemon is stopping, or the idle timeout passed.
+    #[error("stopped: {0}")]
+    Stopped(watch::Stopped),
     #[error("tar entry {entry:?}: cannot set xattr {name}: {source}")]
     Xattr {
         entry: String,
@@ -98,12 +103,20 @@ impl DiffError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             DiffError::Io { source, .. } | DiffError::Xattr { source, .. } => source.raw_os_error(),
-            // The caller's descriptor failed, not the layer.
-            DiffError::Entry { .. } | DiffError::Input(_) | DiffError::Output { .. } => None,
+            // The caller's descriptor failed (or the call was stopped), not the layer.
+            DiffError::Entry { .. }
+            | DiffError::Input(_)
+            | DiffError::Output { .. }
+            | DiffError::Stopped(_) => None,
         }
     }
     pub fn kind(&self) -> ErrorKind {
         match self {
+            // The caller's descriptor never ended: its error, as a broken one.
+            DiffError::Stopped(watch::Stopped::Idle { .. } | watch::Stopped::CallerLeft) => {
+                ErrorKind::InvalidArgument
+            }
+            DiffError::Stopped(watch::Stopped::Shutdown) => ErrorKind::FailedPrecondition,
             DiffError::Entry { .. } | DiffError::Input(_) | DiffError::Output { .. } => {
                 ErrorKind::InvalidArgument
             }
@@ -216,6 +229,67 @@ impl Engine {
     /// Apply(key, fd): unpacks the OCI layer tar read from `input` into
     /// active layer `key`; returns the content bytes written.
     pub fn apply(&self, key: &str, input: impl Read + Send) -> Result<u64> {
+        self.apply_in(key, input, None)
+    }
+
+    /// Apply from a caller's descriptor, watched (watch.rs): it ends when
+    /// `cancel` fires (the caller left, SIGTERM) or the descriptor stays
+    /// silent for the idle timeout, the layer then marked failed as for
+    /// broken input.
+    pub fn apply_fd(&self, key: &str, fd: OwnedFd, cancel: &watch::Cancel) -> Result<u64> {
+        self.diff_watch.register(cancel);
+        let input = watch::Watched::new(fd, cancel.clone(), self.diff_watch.idle_timeout())
+            .map_err(|e| Error::InvalidArgument(format!("the descriptor is not usable: {e}")))?;
+        self.apply_in(key, input, Some(cancel))
+    }
+
+    /// Export into a caller's descriptor, watched as [`Engine::apply_fd`].
+    pub fn export_fd(&self, key: &str, fd: OwnedFd, cancel: &watch::Cancel) -> Result<u64> {
+        self.diff_watch.register(cancel);
+        let out = watch::Watched::new(fd, cancel.clone(), self.diff_watch.idle_timeout())
+            .map_err(|e| Error::InvalidArgument(format!("the descriptor is not usable: {e}")))?;
+        self.export(key, std::io::BufWriter::with_capacity(1 << 20, out))
+            .map_err(|e| match cancel.reason() {
+                Some(why) => {
+                    tracing::warn!(key, error = %e, "export stopped: {why}");
+                    DiffError::Stopped(why).into()
+                }
+                None => e,
+            })
+    }
+
+    /// How long an Apply or Export waits on a silent descriptor
+    /// (`[daemon] diff_idle_timeout`).
+    pub fn set_diff_idle_timeout(&self, d: std::time::Duration) {
+        self.diff_watch.set_idle_timeout(d);
+    }
+
+    /// SIGTERM: stops every Apply and Export on a caller's descriptor (and
+    /// any started later), then waits up to `wait` for all diffs to end
+    /// (a stopped Apply has marked its layer failed by then). False if some
+    /// still run.
+    pub fn stop_diffs(&self, wait: std::time::Duration) -> bool {
+        self.diff_watch.stop_all();
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let running = super::lock(&self.diff_use).len();
+            if running == 0 {
+                return true;
+            }
+            if std::time::Instant::now() > until {
+                tracing::warn!(running, "diffs still running at shutdown");
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn apply_in(
+        &self,
+        key: &str,
+        input: impl Read + Send,
+        cancel: Option<&watch::Cancel>,
+    ) -> Result<u64> {
         let (rec, parents, _use) = self.claim(key, true)?;
         if rec.kind != Kind::Active {
             return Err(Error::NotWritable {
@@ -244,7 +318,10 @@ impl Engine {
                 Ok(done.bytes)
             }
             Err(e) => {
-                let e = apply_error(&rec, e);
+                let e = match cancel.and_then(watch::Cancel::reason) {
+                    Some(why) => DiffError::Stopped(why).into(),
+                    None => apply_error(&rec, e),
+                };
                 tracing::warn!(pool = %rec.pool, layer = rec.id, error = %e, errno = e.errno(), entries = applier.done.entries, "apply failed; the layer is marked");
                 self.mark_failed(&rec, &e.to_string());
                 // The pool's Health and DataUsed must not wait for the
