@@ -140,6 +140,7 @@ use crate::sys::btrfs as sys;
 use crate::sys::loopdev;
 use crate::sys::mount::{self, MountSpec};
 use crate::sys::mountinfo;
+use crate::sys::private;
 
 const TRASH: &str = "t";
 const QUARANTINE: &str = "q";
@@ -220,6 +221,10 @@ impl Btrfs {
             }
             Setup::Existing { path } => open_existing(path)?,
         };
+        // The pool's root (the mounted btrfs's root directory, or the
+        // existing directory) is root-only: its subvolumes hold setuid
+        // files and device nodes the host's users must not reach.
+        private::tighten(&b.root).map_err(|e| BackendError::io("chmod", &b.root, e))?;
         for d in [TRASH, QUARANTINE] {
             let p = b.root.join(d);
             match fs::DirBuilder::new().mode(0o700).create(&p) {
@@ -348,7 +353,7 @@ fn open_existing(path: &Path) -> Result<Btrfs, BackendError> {
 fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError> {
     let image = image_path(mount);
     if let Some(parent) = image.parent() {
-        fs::create_dir_all(parent).map_err(|e| BackendError::io("mkdir", parent, e))?;
+        private::ensure_dir(parent).map_err(|e| BackendError::io("mkdir", parent, e))?;
     }
     match loopdev::create_sparse(&image, size) {
         Ok(()) => tracing::info!(image = %image.display(), size, "created sparse pool image"),
@@ -462,7 +467,7 @@ fn mount_pool(device: &Path, mount: &Path, label: &str, what: &str) -> Result<()
             ))
         }
     }
-    fs::create_dir_all(mount).map_err(|e| BackendError::io("mkdir", mount, e))?;
+    private::ensure_dir(mount).map_err(|e| BackendError::io("mkdir", mount, e))?;
     let mut entries = fs::read_dir(mount).map_err(|e| BackendError::io("readdir", mount, e))?;
     if entries.next().is_some() {
         return Err(unusable(
