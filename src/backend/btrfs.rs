@@ -768,6 +768,13 @@ impl Backend for Btrfs {
 
     fn usage(&self, l: LayerRef<'_>) -> Result<(u64, u64), BackendError> {
         let path = self.layer(l.id);
+        // Data still in the page cache (delayed allocation) has no extents
+        // yet, and extents are what is counted: write it back first, so a
+        // layer written a moment ago does not read 0 bytes. syncfs is the
+        // one call that flushes a subvolume's files (it syncs the whole
+        // pool; nearly free when nothing is dirty).
+        let dir = fs::File::open(&path).map_err(|e| BackendError::io("open", &path, e))?;
+        nix::unistd::syncfs(&dir).map_err(|e| BackendError::io("syncfs", &path, e.into()))?;
         let c = sys::exclusive_usage(&path)
             .map_err(|e| BackendError::io("measure subvolume", &path, e))?;
         Ok((c.bytes, c.inodes))
