@@ -355,8 +355,10 @@ fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError
     if let Some(parent) = image.parent() {
         private::ensure_dir(parent).map_err(|e| BackendError::io("mkdir", parent, e))?;
     }
-    match loopdev::create_sparse(&image, size) {
-        Ok(()) => tracing::info!(image = %image.display(), size, "created sparse pool image"),
+    match create_image(&image, size, label) {
+        Ok(()) => {
+            tracing::info!(image = %image.display(), size, "created and formatted sparse pool image")
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let md = fs::metadata(&image).map_err(|e| BackendError::io("stat", &image, e))?;
             if !md.is_file() {
@@ -401,6 +403,36 @@ fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError
         root: mount.to_path_buf(),
         device,
     })
+}
+
+/// Makes a new pool image: a sparse file formatted under a temporary name
+/// (`.<name>.new` beside it) and renamed last; AlreadyExists if `image`
+/// exists. The file is formatted, not its loop device: mkfs.btrfs takes a
+/// loop device as mounted when a mounted loop device's backing file has
+/// the same path string (btrfs-progs' `is_same_loop_file`), which is what a
+/// private mount namespace sees of the host's own pool at the default path.
+fn create_image(image: &Path, size: u64, label: &str) -> io::Result<()> {
+    if fs::symlink_metadata(image).is_ok() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    let name = image.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = image.with_file_name(format!(".{name}.new"));
+    // Left by a start that died before the rename: never attached, no data.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    loopdev::create_sparse(&tmp, size)?;
+    let made = format_btrfs(&tmp, label)
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|()| fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| fs::hard_link(&tmp, image));
+    let _ = fs::remove_file(&tmp);
+    made?;
+    if let Some(dir) = image.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The device of the btrfs mounted exactly at `mount`, if one is; an error
