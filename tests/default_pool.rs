@@ -217,7 +217,10 @@ impl Drop for World {
 }
 
 async fn builtin_default_pool(expected: &str) {
-    let mut w = World::new();
+    builtin_default_pool_in(World::new(), expected).await;
+}
+
+async fn builtin_default_pool_in(mut w: World, expected: &str) {
     let conn = zbus::connection::Builder::address(w.bus.address.as_str())
         .expect("bus address")
         .build()
@@ -294,6 +297,58 @@ async fn builtin_default_pool_is_btrfs_without_dm_thin() {
         return;
     }
     builtin_default_pool("btrfs").await;
+}
+
+/// Detaches a loop device when dropped (after the namespace holding its
+/// mount is gone).
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// What `scripts/start.sh` leaves on a host (its default btrfs pool
+/// attached from /var/lib/layerd/main.img and mounted on
+/// /var/lib/layerd/main) is still listed, hidden under the tmpfs, in the
+/// test namespace's mount table; the new default pool must open anyway.
+/// Made here inside the namespace, so that no test depends on what a
+/// user's own layerd left on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_default_pool_opens_beside_a_hidden_pool_at_the_same_path() {
+    if layerd::backend::thin::host_support().is_ok() {
+        eprintln!("skipped: this host has dm-thin");
+        return;
+    }
+    if let Err(why) = layerd::backend::btrfs::host_support() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have what a btrfs pool needs: {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let w = World::new();
+    w.nsenter(&["mkdir", "-p", "/var/lib/layerd/main"]);
+    // Formatted under another name: mkfs.btrfs would take a loop device
+    // of main.img as mounted while another test's namespace has one.
+    w.nsenter(&["truncate", "-s", "1G", "/var/lib/layerd/new.img"]);
+    w.nsenter(&["mkfs.btrfs", "-q", "/var/lib/layerd/new.img"]);
+    w.nsenter(&["mv", "/var/lib/layerd/new.img", "/var/lib/layerd/main.img"]);
+    let dev = w.nsenter(&["losetup", "--show", "-f", "/var/lib/layerd/main.img"]);
+    let _detach = Detach(dev.trim().to_string());
+    w.nsenter(&["mount", dev.trim(), "/var/lib/layerd/main"]);
+    w.nsenter(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "mode=0755",
+        "layerd-test",
+        "/var/lib",
+    ]);
+    builtin_default_pool_in(w, "btrfs").await;
 }
 
 /// Where dm-thin exists (the kernel-tier VM) the default pool is thin.

@@ -140,6 +140,7 @@ use crate::sys::btrfs as sys;
 use crate::sys::loopdev;
 use crate::sys::mount::{self, MountSpec};
 use crate::sys::mountinfo;
+use crate::sys::private;
 
 const TRASH: &str = "t";
 const QUARANTINE: &str = "q";
@@ -220,6 +221,10 @@ impl Btrfs {
             }
             Setup::Existing { path } => open_existing(path)?,
         };
+        // The pool's root (the mounted btrfs's root directory, or the
+        // existing directory) is root-only: its subvolumes hold setuid
+        // files and device nodes the host's users must not reach.
+        private::tighten(&b.root).map_err(|e| BackendError::io("chmod", &b.root, e))?;
         for d in [TRASH, QUARANTINE] {
             let p = b.root.join(d);
             match fs::DirBuilder::new().mode(0o700).create(&p) {
@@ -348,10 +353,12 @@ fn open_existing(path: &Path) -> Result<Btrfs, BackendError> {
 fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError> {
     let image = image_path(mount);
     if let Some(parent) = image.parent() {
-        fs::create_dir_all(parent).map_err(|e| BackendError::io("mkdir", parent, e))?;
+        private::ensure_dir(parent).map_err(|e| BackendError::io("mkdir", parent, e))?;
     }
-    match loopdev::create_sparse(&image, size) {
-        Ok(()) => tracing::info!(image = %image.display(), size, "created sparse pool image"),
+    match create_image(&image, size, label) {
+        Ok(()) => {
+            tracing::info!(image = %image.display(), size, "created and formatted sparse pool image")
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let md = fs::metadata(&image).map_err(|e| BackendError::io("stat", &image, e))?;
             if !md.is_file() {
@@ -396,6 +403,36 @@ fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError
         root: mount.to_path_buf(),
         device,
     })
+}
+
+/// Makes a new pool image: a sparse file formatted under a temporary name
+/// (`.<name>.new` beside it) and renamed last; AlreadyExists if `image`
+/// exists. The file is formatted, not its loop device: mkfs.btrfs takes a
+/// loop device as mounted when a mounted loop device's backing file has
+/// the same path string (btrfs-progs' `is_same_loop_file`), which is what a
+/// private mount namespace sees of the host's own pool at the default path.
+fn create_image(image: &Path, size: u64, label: &str) -> io::Result<()> {
+    if fs::symlink_metadata(image).is_ok() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    let name = image.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = image.with_file_name(format!(".{name}.new"));
+    // Left by a start that died before the rename: never attached, no data.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    loopdev::create_sparse(&tmp, size)?;
+    let made = format_btrfs(&tmp, label)
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|()| fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| fs::hard_link(&tmp, image));
+    let _ = fs::remove_file(&tmp);
+    made?;
+    if let Some(dir) = image.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The device of the btrfs mounted exactly at `mount`, if one is; an error
@@ -462,7 +499,7 @@ fn mount_pool(device: &Path, mount: &Path, label: &str, what: &str) -> Result<()
             ))
         }
     }
-    fs::create_dir_all(mount).map_err(|e| BackendError::io("mkdir", mount, e))?;
+    private::ensure_dir(mount).map_err(|e| BackendError::io("mkdir", mount, e))?;
     let mut entries = fs::read_dir(mount).map_err(|e| BackendError::io("readdir", mount, e))?;
     if entries.next().is_some() {
         return Err(unusable(
@@ -763,6 +800,13 @@ impl Backend for Btrfs {
 
     fn usage(&self, l: LayerRef<'_>) -> Result<(u64, u64), BackendError> {
         let path = self.layer(l.id);
+        // Data still in the page cache (delayed allocation) has no extents
+        // yet, and extents are what is counted: write it back first, so a
+        // layer written a moment ago does not read 0 bytes. syncfs is the
+        // one call that flushes a subvolume's files (it syncs the whole
+        // pool; nearly free when nothing is dirty).
+        let dir = fs::File::open(&path).map_err(|e| BackendError::io("open", &path, e))?;
+        nix::unistd::syncfs(&dir).map_err(|e| BackendError::io("syncfs", &path, e.into()))?;
         let c = sys::exclusive_usage(&path)
             .map_err(|e| BackendError::io("measure subvolume", &path, e))?;
         Ok((c.bytes, c.inodes))

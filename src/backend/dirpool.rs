@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::{BackendError, Found, JobControl, Space};
 use crate::sys::copytree::tree_usage;
+use crate::sys::private;
 
 const WORK: &str = "w";
 const TRASH: &str = "t";
@@ -28,7 +29,10 @@ pub struct DirPool {
 }
 
 impl DirPool {
-    /// Creates the layout under `root` if needed.
+    /// Creates the layout under `root` if needed. The root and its
+    /// directories are root-only (sys/private.rs): layer trees hold setuid
+    /// files and device nodes that the host's users must not reach. Looser
+    /// ones left on disk are tightened.
     pub fn open(root: &Path) -> Result<Self, BackendError> {
         for d in [
             root.to_path_buf(),
@@ -36,7 +40,7 @@ impl DirPool {
             root.join(TRASH),
             root.join(QUARANTINE),
         ] {
-            fs::create_dir_all(&d).map_err(|e| BackendError::io("mkdir", &d, e))?;
+            private::ensure_dir(&d).map_err(|e| BackendError::io("mkdir", &d, e))?;
         }
         Ok(DirPool {
             root: root.to_path_buf(),

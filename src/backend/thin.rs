@@ -138,6 +138,7 @@ use crate::sys::blockdev;
 use crate::sys::loopdev;
 use crate::sys::mount::{self, MountSpec};
 use crate::sys::mountinfo;
+use crate::sys::private;
 
 /// Thin id of the base device every parentless layer is a snapshot of.
 const BASE_ID: u32 = 0;
@@ -427,8 +428,11 @@ impl Thin {
             }
             (None, setup) => activate_pool(&dm, name, &pool_dm, setup, o)?,
         };
+        // Root-only (sys/private.rs), as everything on the way to layers.
         let scratch = token_dir.join("t");
-        fs::create_dir_all(&scratch).map_err(|e| BackendError::io("mkdir", &scratch, e))?;
+        for d in [&token_dir, &scratch] {
+            private::ensure_dir(d).map_err(|e| BackendError::io("mkdir", d, e))?;
+        }
         let pending = read_pending(&token_dir);
         let t = Thin {
             dm,
@@ -948,7 +952,7 @@ fn activate_pool(
             size,
             metadata_size,
         } => {
-            fs::create_dir_all(dir).map_err(|e| BackendError::io("mkdir", dir, e))?;
+            private::ensure_dir(dir).map_err(|e| BackendError::io("mkdir", dir, e))?;
             let data = dir.join("data.img");
             let meta = dir.join("metadata.img");
             let msize = metadata_size.unwrap_or_else(|| metadata_size_for(*size, o.block_size));

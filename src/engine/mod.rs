@@ -208,11 +208,16 @@ impl Engine {
     /// A pool whose storage cannot be opened is kept, `failed`, with the
     /// reason: the daemon still serves the others.
     pub fn open(cfg: EngineConfig) -> std::result::Result<(Engine, RecoveryReport), Error> {
-        std::fs::create_dir_all(&cfg.state_dir)
-            .map_err(|e| Error::Backend(backend::BackendError::io("mkdir", &cfg.state_dir, e)))?;
-        let mounts_dir = cfg.run_dir.join("m");
-        std::fs::create_dir_all(&mounts_dir)
-            .map_err(|e| Error::Backend(backend::BackendError::io("mkdir", &mounts_dir, e)))?;
+        // Root-only, like every directory on the way to layer contents
+        // (sys/private.rs); looser ones left on disk are tightened.
+        for dir in [
+            cfg.state_dir.clone(),
+            cfg.run_dir.clone(),
+            cfg.run_dir.join("m"),
+        ] {
+            crate::sys::private::ensure_dir(&dir)
+                .map_err(|e| Error::Backend(backend::BackendError::io("mkdir", &dir, e)))?;
+        }
         let store = Store::open(&cfg.state_dir.join("layerd.redb"))?;
         let mut pools = BTreeMap::new();
         for spec in cfg.pools {

@@ -116,12 +116,8 @@ impl Engine {
         if mref.held() && is_mounted(&target) {
             return Ok(target);
         }
-        match std::fs::create_dir(&target) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(BackendError::io("mkdir", &target, e).into())
-            }
-            _ => {}
-        }
+        crate::sys::private::create_dir(&target)
+            .map_err(|e| BackendError::io("mkdir", &target, e))?;
         let backend = self.get_pool(&rec.pool)?.backend()?;
         backend.mount(layer_ref(rec, parents), &target)?;
         Ok(target)

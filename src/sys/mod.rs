@@ -12,4 +12,5 @@ pub mod host;
 pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;
+pub mod private;
 pub mod trim;

@@ -165,13 +165,28 @@ fn as_shown(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The last (topmost) mount at `target`, if anything is mounted there.
+/// The mount that is at `target` (topmost), if anything is mounted there.
+///
+/// mountinfo also lists mounts nobody can reach any more: one over a
+/// parent directory hides them (a private mount namespace with a tmpfs
+/// over /var/lib still lists the host's /var/lib/layerd/main), yet they
+/// keep their path. So the answer is the mount the path resolves to
+/// (statx's mount id), if its mount point is `target`; by path alone only
+/// where statx gives no mount id (before Linux 5.8).
 pub fn find_mount(target: &Path) -> std::io::Result<Option<MountInfo>> {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
     let want = as_shown(target);
+    let id = match statx(CWD, target, AtFlags::empty(), StatxFlags::MNT_ID) {
+        Ok(st) if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 => Some(st.stx_mnt_id),
+        Ok(_) => None,
+        // Nothing at the path: nothing is mounted there.
+        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     Ok(read_mountinfo()?
         .into_iter()
         .rev()
-        .find(|m| m.mount_point == want))
+        .find(|m| m.mount_point == want && id.is_none_or(|id| u64::from(m.mount_id) == id)))
 }
 
 /// The mounts strictly below `dir` (not one at `dir` itself), in mountinfo
@@ -305,6 +320,47 @@ pub fn verify_overlay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mount hidden by a later mount over one of its parent directories
+    /// is still listed in mountinfo under its path (what a private mount
+    /// namespace with a tmpfs over /var/lib sees of the host's
+    /// /var/lib/layerd/main): it is not what is mounted at that path.
+    #[test]
+    fn find_mount_ignores_a_shadowed_mount() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root (mount)");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let outer = t.path().join("a");
+        let inner = outer.join("b");
+        std::fs::create_dir_all(&inner).unwrap();
+        let tmpfs = |at: &Path| {
+            nix::mount::mount(
+                Some("layerd-test"),
+                at,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        tmpfs(&inner);
+        let seen = find_mount(&inner).unwrap().map(|m| m.fstype);
+        tmpfs(&outer);
+        // Now `a/b` is a plain directory of the new tmpfs, mounted nowhere.
+        std::fs::create_dir(&inner).unwrap();
+        let shadowed = find_mount(&inner).unwrap();
+        let at_outer = find_mount(&outer).unwrap().map(|m| m.mount_point);
+        let _ = nix::mount::umount(&outer);
+        let _ = nix::mount::umount(&inner);
+        assert_eq!(seen.as_deref(), Some("tmpfs"));
+        assert!(
+            shadowed.is_none(),
+            "a shadowed mount was found: {shadowed:?}"
+        );
+        assert_eq!(at_outer, Some(as_shown(&outer)));
+    }
 
     const SAMPLE: &str = "\
 22 27 0:21 / /proc rw,relatime - proc proc rw

@@ -207,9 +207,15 @@ impl Engine {
             DiffTree::Full(p) => (p, TreeMode::Full, None),
             DiffTree::Mount => {
                 let base = self.run_dir().join("d");
-                std::fs::create_dir_all(&base).map_err(|e| BackendError::io("mkdir", &base, e))?;
+                // Root-only, as everything on the way to layer contents.
+                crate::sys::private::ensure_dir(&base)
+                    .map_err(|e| BackendError::io("mkdir", &base, e))?;
                 let target = base.join(format!("{}.{}", l.id, SEQ.fetch_add(1, Ordering::Relaxed)));
-                std::fs::create_dir(&target).map_err(|e| BackendError::io("mkdir", &target, e))?;
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .mode(crate::sys::private::MODE)
+                    .create(&target)
+                    .map_err(|e| BackendError::io("mkdir", &target, e))?;
                 if let Err(e) = backend.mount(l, &target) {
                     let _ = std::fs::remove_dir(&target);
                     return Err(e.into());
