@@ -97,7 +97,9 @@ impl DiffError {
     /// The errno of the failed call, if a call failed.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            DiffError::Io { source, .. } | DiffError::Xattr { source, .. } => source.raw_os_error(),
+            DiffError::Io { source, .. }
+            | DiffError::Xattr { source, .. }
+            | DiffError::Output { source } => source.raw_os_error(),
             DiffError::Entry { .. } | DiffError::Input(_) => None,
         }
     }
