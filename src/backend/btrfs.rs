@@ -147,6 +147,9 @@ const QUARANTINE: &str = "q";
 const TOKEN: &str = ".layerd-pool";
 /// Mount options of pools layerd mounts itself (see the module doc).
 const POOL_MOUNT_OPTIONS: &str = "discard=async";
+/// The longest a purge waits for the cleaner to drop what it deleted (a
+/// large tree takes a while; the space still comes back after this).
+const PURGE_WAIT: Duration = Duration::from_secs(300);
 /// How often a running balance's progress is read.
 const BALANCE_POLL: Duration = Duration::from_millis(250);
 
@@ -721,11 +724,21 @@ impl Backend for Btrfs {
             deleted = true;
         }
         if deleted {
-            // Commit the deletions and wake the cleaner, so the space comes
-            // back now, not at the next periodic commit.
-            sys::sync(&self.root).map_err(|e| BackendError::io("btrfs sync", &self.root, e))?;
+            // The space comes back once the cleaner has dropped the trees
+            // and the transaction after that committed: wait for both, so
+            // that what Cleanup reports is usable when it returns.
+            self.reclaim(PURGE_WAIT)?;
         }
         Ok(freed)
+    }
+
+    fn reclaim(&self, wait: Duration) -> Result<bool, BackendError> {
+        let left = sys::reclaim_deleted(&self.root, wait)
+            .map_err(|e| BackendError::io("wait for the btrfs cleaner", &self.root, e))?;
+        if !left.is_empty() {
+            tracing::warn!(pool = %self.root.display(), subvolumes = ?left, waited = ?wait, "the btrfs cleaner has not dropped these deleted subvolumes yet; their space comes back later");
+        }
+        Ok(true)
     }
 
     fn exists(&self, id: u64) -> bool {
