@@ -353,8 +353,20 @@ fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError
     if let Some(parent) = image.parent() {
         fs::create_dir_all(parent).map_err(|e| BackendError::io("mkdir", parent, e))?;
     }
-    match loopdev::create_sparse(&image, size) {
-        Ok(()) => tracing::info!(image = %image.display(), size, "created sparse pool image"),
+    if let Ok(m) = fs::metadata(mount) {
+        if !m.is_dir() {
+            return Err(unusable(
+                mount,
+                "exists and is not a directory: a loop pool's path is its mount point",
+            ));
+        }
+    }
+    let mount_existed = exists(mount);
+    let created = match loopdev::create_sparse(&image, size) {
+        Ok(()) => {
+            tracing::info!(image = %image.display(), size, "created sparse pool image");
+            true
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let md = fs::metadata(&image).map_err(|e| BackendError::io("stat", &image, e))?;
             if !md.is_file() {
@@ -363,9 +375,29 @@ fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError
             if md.len() < size {
                 tracing::warn!(image = %image.display(), image_size = md.len(), configured = size, "the pool image is smaller than the configured size; growing it is the Extend job's work");
             }
+            false
         }
         Err(e) => return Err(BackendError::io("create sparse image", &image, e)),
+    };
+    let r = attach_and_mount(mount, &image, label);
+    if r.is_err() && created {
+        // Nothing of a pool that never opened stays behind: the image made
+        // here (its loop device is detached by attach_and_mount) and the
+        // mount point if it was made for it.
+        if let Err(e) = fs::remove_file(&image) {
+            tracing::warn!(image = %image.display(), error = %e, "cannot remove the image of a pool that failed to open");
+        }
+        if !mount_existed {
+            let _ = fs::remove_dir(mount);
+        }
     }
+    r
+}
+
+/// Attaches the image (or finds its loop device) and mounts the pool;
+/// a loop device attached here is detached again if mounting fails.
+fn attach_and_mount(mount: &Path, image: &Path, label: &str) -> Result<Btrfs, BackendError> {
+    let image = image.to_path_buf();
     let bound = loopdev::find_backing(&image)
         .map_err(|e| BackendError::io("find loop device", &image, e))?;
     // Prefer the device already mounted at the pool path (a restart).
