@@ -212,3 +212,52 @@ fn is_mount_point(p: &Path) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        crate::config::parse_str(text, Path::new("/t.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn sizes_are_shown_in_their_largest_unit() {
+        assert_eq!(show_size(BTRFS_MIN_SIZE), "109M");
+        assert_eq!(show_size(100 << 50), "100P");
+        assert_eq!(show_size(1536 << 20), "1536M");
+        assert_eq!(show_size(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn minimum_sizes_name_their_key() {
+        let btrfs = |size: &str| {
+            format!("[[pool]]\nname = \"main\"\ndriver = \"btrfs\"\nsize = \"{size}\"\n")
+        };
+        let e = err(&btrfs("108M"));
+        assert!(
+            e.contains("/t.toml:4:8:") && e.contains("size: 108M is too small"),
+            "{e}"
+        );
+        let thin =
+            "[[pool]]\nname = \"main\"\ndriver = \"thin\"\nsize = \"1G\"\nbase_size = \"100M\"\n";
+        let e = err(thin);
+        assert!(
+            e.contains(":5:") && e.contains("base_size: 100M") && e.contains("300M"),
+            "{e}"
+        );
+        let e = err(&thin
+            .replace("100M", "8M")
+            .replace("]\n", "]\nfs = \"ext4\"\n"));
+        assert!(e.contains("base_size: 8M") && e.contains("16M"), "{e}");
+        let e = err(
+            "[[pool]]\nname = \"main\"\ndriver = \"thin\"\nsize = \"64K\"\nblock_size = \"128K\"\n",
+        );
+        assert!(
+            e.contains("size: 64K is too small") && e.contains("one block"),
+            "{e}"
+        );
+    }
+}
