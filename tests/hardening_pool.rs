@@ -100,6 +100,31 @@ async fn btrfs_cleanup_returns_usable_space() {
     f.finish();
 }
 
+/// Item 5, the admission check: space held only by a deleted subvolume
+/// the cleaner has not dropped yet does not make Prepare PoolFull. The
+/// subvolume is made and deleted beside the daemon (in the pool's
+/// quarantine directory, which reconciliation leaves alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_prepare_counts_pending_deletions_as_free() {
+    use layerd::sys::btrfs as sysbtrfs;
+    let no_balance = [("monitor.balance_unallocated_percent", "0".to_string())];
+    let Some(f) = Fixture::new_with(Backend::Btrfs, &no_balance).await else {
+        return;
+    };
+    let q = f.pool_path().join("q");
+    sysbtrfs::create_subvolume(&q, "filler").unwrap();
+    let filled = fill_up(&q.join("filler"), "big");
+    assert!(filled > 200 * MIB, "filled only {filled} bytes");
+    sysbtrfs::delete_subvolume(&q, "filler").unwrap();
+    let specs = f.mgr.prepare("after", "", default_labels()).await;
+    assert!(
+        specs.is_ok(),
+        "Prepare with {filled} bytes pending deletion: {}",
+        describe(&specs.unwrap_err())
+    );
+    f.finish();
+}
+
 // ---------------------------------------------------------------------------
 // Item 7: configs that start-up cannot carry out
 // ---------------------------------------------------------------------------
@@ -107,7 +132,8 @@ async fn btrfs_cleanup_returns_usable_space() {
 /// Runs the daemon binary with `args` and `--config cfg`; exit status and
 /// stderr, killed after 10 s.
 fn run(cfg: &Path, d: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let err = d.with_extension("stderr");
+    // Beside the directory, whose listing must not change.
+    let err = PathBuf::from(format!("{}.stderr", d.display()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_layerd"))
         .args(args)
         .arg("--config")
