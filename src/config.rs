@@ -57,6 +57,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// Where the daemon looks for its config when not told otherwise.
+mod creation;
+pub use creation::{BTRFS_MIN_SIZE, MAX_OVERCOMMIT};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/layerd/layerd.toml";
 /// `[daemon] state_dir` default.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/layerd";
@@ -1585,6 +1588,10 @@ fn validate(config: &Config, host_checks: bool) -> Result<(), Problem> {
         for (i, pool) in config.pools.iter().enumerate() {
             check_pool_host(pool)
                 .map_err(|m| Problem::pool(i, &pool.name, &["path"], &[&["name"]], m))?;
+            if pool.backing == Backing::Loop {
+                creation::check_loop_host(pool)
+                    .map_err(|(k, m)| Problem::pool(i, &pool.name, k, &[&["name"]], m))?;
+            }
         }
     }
     Ok(())
@@ -1606,6 +1613,7 @@ fn validate_pool(i: usize, pool: &PoolConfig) -> Result<(), Problem> {
     if pool.size == Some(0) {
         return Err(problem(&["size"], "must be larger than 0".to_string()));
     }
+    creation::check_sizes(pool).map_err(|(k, m)| problem(k, m))?;
     if let Some(thin) = &pool.thin {
         if let Some(dev) = &thin.metadata_device {
             check_abs_path(dev).map_err(|m| problem(&["metadata_device"], m))?;

@@ -148,6 +148,9 @@ const QUARANTINE: &str = "q";
 const TOKEN: &str = ".layerd-pool";
 /// Mount options of pools layerd mounts itself (see the module doc).
 const POOL_MOUNT_OPTIONS: &str = "discard=async";
+/// The longest a purge waits for the cleaner to drop what it deleted (a
+/// large tree takes a while; the space still comes back after this).
+const PURGE_WAIT: Duration = Duration::from_secs(300);
 /// How often a running balance's progress is read.
 const BALANCE_POLL: Duration = Duration::from_millis(250);
 
@@ -355,9 +358,19 @@ fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError
     if let Some(parent) = image.parent() {
         private::ensure_dir(parent).map_err(|e| BackendError::io("mkdir", parent, e))?;
     }
-    match create_image(&image, size, label) {
+    if let Ok(m) = fs::metadata(mount) {
+        if !m.is_dir() {
+            return Err(unusable(
+                mount,
+                "exists and is not a directory: a loop pool's path is its mount point",
+            ));
+        }
+    }
+    let mount_existed = exists(mount);
+    let created = match create_image(&image, size, label) {
         Ok(()) => {
-            tracing::info!(image = %image.display(), size, "created and formatted sparse pool image")
+            tracing::info!(image = %image.display(), size, "created and formatted sparse pool image");
+            true
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let md = fs::metadata(&image).map_err(|e| BackendError::io("stat", &image, e))?;
@@ -367,9 +380,29 @@ fn open_loop(mount: &Path, size: u64, label: &str) -> Result<Btrfs, BackendError
             if md.len() < size {
                 tracing::warn!(image = %image.display(), image_size = md.len(), configured = size, "the pool image is smaller than the configured size; growing it is the Extend job's work");
             }
+            false
         }
         Err(e) => return Err(BackendError::io("create sparse image", &image, e)),
+    };
+    let r = attach_and_mount(mount, &image, label);
+    if r.is_err() && created {
+        // Nothing of a pool that never opened stays behind: the image made
+        // here (its loop device is detached by attach_and_mount) and the
+        // mount point if it was made for it.
+        if let Err(e) = fs::remove_file(&image) {
+            tracing::warn!(image = %image.display(), error = %e, "cannot remove the image of a pool that failed to open");
+        }
+        if !mount_existed {
+            let _ = fs::remove_dir(mount);
+        }
     }
+    r
+}
+
+/// Attaches the image (or finds its loop device) and mounts the pool;
+/// a loop device attached here is detached again if mounting fails.
+fn attach_and_mount(mount: &Path, image: &Path, label: &str) -> Result<Btrfs, BackendError> {
+    let image = image.to_path_buf();
     let bound = loopdev::find_backing(&image)
         .map_err(|e| BackendError::io("find loop device", &image, e))?;
     // Prefer the device already mounted at the pool path (a restart).
@@ -758,11 +791,21 @@ impl Backend for Btrfs {
             deleted = true;
         }
         if deleted {
-            // Commit the deletions and wake the cleaner, so the space comes
-            // back now, not at the next periodic commit.
-            sys::sync(&self.root).map_err(|e| BackendError::io("btrfs sync", &self.root, e))?;
+            // The space comes back once the cleaner has dropped the trees
+            // and the transaction after that committed: wait for both, so
+            // that what Cleanup reports is usable when it returns.
+            self.reclaim(PURGE_WAIT)?;
         }
         Ok(freed)
+    }
+
+    fn reclaim(&self, wait: Duration) -> Result<bool, BackendError> {
+        let left = sys::reclaim_deleted(&self.root, wait)
+            .map_err(|e| BackendError::io("wait for the btrfs cleaner", &self.root, e))?;
+        if !left.is_empty() {
+            tracing::warn!(pool = %self.root.display(), subvolumes = ?left, waited = ?wait, "the btrfs cleaner has not dropped these deleted subvolumes yet; their space comes back later");
+        }
+        Ok(true)
     }
 
     fn exists(&self, id: u64) -> bool {

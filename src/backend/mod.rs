@@ -150,8 +150,17 @@ pub trait Backend: Send + Sync {
     fn remove(&self, id: u64) -> Result<(), BackendError>;
     /// Undoes a half-done `create`; no error if nothing exists.
     fn discard(&self, id: u64) -> Result<(), BackendError>;
-    /// Frees the space of removed layers; returns the bytes freed.
+    /// Frees the space of removed layers; returns the bytes freed, which
+    /// are usable (counted free by `space()` and statfs) when it returns.
     fn purge(&self) -> Result<u64, BackendError>;
+    /// Makes space that is freed but not usable yet usable now (btrfs:
+    /// deleted subvolumes the cleaner has not dropped, extents pinned until
+    /// the next commit), waiting at most `wait`. True if it did anything,
+    /// so that space is worth measuring again; drivers whose frees take
+    /// effect at once keep the default.
+    fn reclaim(&self, _wait: std::time::Duration) -> Result<bool, BackendError> {
+        Ok(false)
+    }
     /// Whether layer `id` exists in storage.
     fn exists(&self, id: u64) -> bool;
 

@@ -10,6 +10,11 @@ use super::types::{now_us, Kind, LayerInfo, LayerRecord, State};
 use super::{chain, fault, layer_ref, lock, validate, Engine};
 use crate::sys::mount::MountSpec;
 
+/// The longest a Prepare or View below the free-space minimum waits for
+/// pending space (deleted btrfs subvolumes) before it is refused: short of
+/// a D-Bus client's default 25 s reply timeout.
+const ADMIT_RECLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Engine {
     /// Prepare (`kind` Active) or View: a new layer on committed `parent`
     /// ("" = none). Returns the mount specs.
@@ -160,17 +165,35 @@ impl Engine {
         }
     }
 
-    /// PoolFull when free space is below the pool's minimum.
+    /// PoolFull when free space is below the pool's minimum. Space that is
+    /// only pending release (a btrfs cleaner still dropping deleted
+    /// subvolumes, extents pinned until a commit) does not count as used:
+    /// before refusing, the backend is asked once to make it usable.
     fn check_space(&self, pool: &str) -> Result<()> {
         let p = self.get_pool(pool)?;
-        let Some(st) = self.sample(pool, false) else {
-            return Ok(());
-        };
-        // Sampling grew what could grow; what is still too full is refused,
-        // naming the fuller of data and metadata.
-        let (data, meta) = (st.data_percent(), st.metadata_percent());
-        let free = 100.0 - data.max(meta);
-        if st.data_size > 0 && free < p.spec.thresholds.min_free_percent as f64 {
+        let mut reclaimed = false;
+        loop {
+            let Some(st) = self.sample(pool, false) else {
+                return Ok(());
+            };
+            // Sampling grew what could grow; what is still too full is
+            // refused, naming the fuller of data and metadata.
+            let (data, meta) = (st.data_percent(), st.metadata_percent());
+            let free = 100.0 - data.max(meta);
+            if st.data_size == 0 || free >= p.spec.thresholds.min_free_percent as f64 {
+                return Ok(());
+            }
+            if !reclaimed {
+                reclaimed = true;
+                match p.backend().map(|b| b.reclaim(ADMIT_RECLAIM_WAIT)) {
+                    Ok(Ok(true)) => continue,
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(pool, error = %e, "cannot reclaim pending space before refusing a layer")
+                    }
+                    Err(_) => {}
+                }
+            }
             return Err(Error::PoolFull {
                 pool: pool.to_string(),
                 what: if meta > data { "metadata" } else { "data" },
@@ -178,7 +201,6 @@ impl Engine {
                 min_free_percent: p.spec.thresholds.min_free_percent,
             });
         }
-        Ok(())
     }
 
     /// Mount specs of a Ready record; pins a daemon mount when the backend's

@@ -53,6 +53,9 @@
 //!   what the subvolume holds (`btrfs subvolume find-new` works the same
 //!   way).
 
+mod cleaner;
+pub use cleaner::{deleted_subvolumes, reclaim_deleted, wait_dropped};
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;

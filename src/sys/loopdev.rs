@@ -164,8 +164,11 @@ pub fn create_sparse(path: &Path, size: u64) -> io::Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)?;
-    f.set_len(size)?;
-    f.sync_all()?;
+    // A file that cannot get its size (EFBIG, ENOSPC) is not left behind.
+    if let Err(e) = f.set_len(size).and_then(|()| f.sync_all()) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
