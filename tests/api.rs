@@ -1627,31 +1627,7 @@ fn run_layerd(cfg: &Path, d: &Path) -> (Option<i32>, String) {
         "{}.stderr",
         d.file_name().unwrap().to_string_lossy()
     ));
-    let mut child = Command::new(Daemon::binary())
-        .arg("--config")
-        .arg(cfg)
-        .arg("--bus-address")
-        .arg(format!("unix:path={}/no-bus", d.display()))
-        .env("LAYERD_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("run layerd");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = fs::read_to_string(&err).unwrap_or_default();
-    let _ = fs::remove_file(&err);
-    (status.code(), text)
+    run_layerd_with(&[], cfg, d, &err)
 }
 
 const GOOD_HEAD: &str = r#"[daemon]

@@ -14,8 +14,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use layerd::backend::btrfs::{image_path, Btrfs, Setup};
@@ -134,32 +133,7 @@ async fn btrfs_prepare_counts_pending_deletions_as_free() {
 fn run(cfg: &Path, d: &Path, args: &[&str]) -> (Option<i32>, String) {
     // Beside the directory, whose listing must not change.
     let err = PathBuf::from(format!("{}.stderr", d.display()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_layerd"))
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .arg("--bus-address")
-        .arg(format!("unix:path={}/no-bus", d.display()))
-        .env("LAYERD_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("run layerd");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = fs::read_to_string(&err).unwrap_or_default();
-    let _ = fs::remove_file(&err);
-    (status.code(), text)
+    run_layerd_with(args, cfg, d, &err)
 }
 
 /// Every path below `d` (recursively), to see that nothing was made.

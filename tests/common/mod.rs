@@ -757,6 +757,39 @@ impl Backend {
 // Daemon
 // ---------------------------------------------------------------------------
 
+/// Runs the daemon binary once with `args`, `--config cfg` and a bus
+/// address under `d` where no bus listens (so a config wrongly accepted
+/// reaches no real bus), its stderr in `err`; killed after 10 s. Returns
+/// the exit status and the stderr text.
+pub fn run_layerd_with(args: &[&str], cfg: &Path, d: &Path, err: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(Daemon::binary())
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .arg("--bus-address")
+        .arg(format!("unix:path={}/no-bus", d.display()))
+        .env("LAYERD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(err).unwrap())
+        .spawn()
+        .expect("run layerd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = fs::read_to_string(err).unwrap_or_default();
+    let _ = fs::remove_file(err);
+    (status.code(), text)
+}
+
 /// One pool of the daemon's config.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
