@@ -119,7 +119,8 @@ boot= peak=0 timed_out=
 while kill -0 "$vm" 2>/dev/null; do
   now=$(date +%s)
   [ -z "$boot" ] && [ -e "$res/up" ] && boot=$((now - start))
-  rss=$(ps -o rss= -g "$vm" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+  # ps finds nothing once the VM is gone: not an error (set -e, pipefail).
+  rss=$({ ps -o rss= -g "$vm" 2>/dev/null || true; } | awk '{ s += $1 } END { print s + 0 }')
   [ "$rss" -gt "$peak" ] && peak=$rss
   if [ $((now - start)) -ge "$timeout_s" ]; then
     timed_out=1
