@@ -268,7 +268,16 @@ async fn vanished_data_device_fails_the_pool() {
     }
     let took = t0.elapsed();
     assert_eq!(must(pool.health().await, "Health"), "failed");
-    let reason = must(pool.health_reason().await, "HealthReason");
+    // The kernel may flag the pool (needs_check, a dm event) before udev
+    // reports the removal; once the remove event is handled the reason
+    // names the vanished device.
+    let reason = loop {
+        let reason = must(pool.health_reason().await, "HealthReason");
+        if (reason.contains(&sd) && reason.contains("removed")) || t0.elapsed() > limit {
+            break reason;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         reason.contains(&sd) && reason.contains("removed"),
         "HealthReason does not name the vanished device {sd}: {reason}"
