@@ -57,7 +57,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// Where the daemon looks for its config when not told otherwise.
+mod containerd;
 mod creation;
+pub use containerd::{ContainerdConfig, SnapshotterConfig};
 pub use creation::{BTRFS_MIN_SIZE, MAX_OVERCOMMIT};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/layerd/layerd.toml";
@@ -102,6 +104,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[[pool]]` tables, in file order; never empty once validated.
     pub pools: Vec<PoolConfig>,
+    /// `[containerd]`: the proxy-snapshotter sockets.
+    pub containerd: ContainerdConfig,
 }
 
 /// `[daemon]`.
@@ -388,6 +392,7 @@ impl Config {
     pub fn builtin_default_with(daemon: DaemonConfig, driver: Driver) -> Config {
         let pool = PoolConfig::with_defaults(&daemon.default_pool, driver, &daemon.state_dir);
         Config {
+            containerd: ContainerdConfig::default_for(&daemon.run_dir, &daemon.default_pool),
             daemon,
             pools: vec![pool],
         }
@@ -580,6 +585,7 @@ struct RawConfig {
     daemon: Option<RawDaemon>,
     #[serde(default)]
     pool: Vec<RawPool>,
+    containerd: Option<containerd::RawContainerd>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1213,11 +1219,16 @@ struct Problem {
 
 impl Problem {
     fn daemon(k: &str, message: String) -> Problem {
+        Problem::section("daemon", k, message)
+    }
+
+    /// A problem with key `k` of the top-level table `section`.
+    fn section(section: &str, k: &str, message: String) -> Problem {
         Problem {
-            at: vec![vec![key("daemon"), key(k)], vec![key("daemon")]],
+            at: vec![vec![key(section), key(k)], vec![key(section)]],
             prefix: String::new(),
-            shown_key: format!("daemon.{k}"),
-            table_key: format!("daemon.{k}"),
+            shown_key: format!("{section}.{k}"),
+            table_key: format!("{section}.{k}"),
             message,
         }
     }
@@ -1304,7 +1315,12 @@ fn resolve(raw: RawConfig) -> Result<Config, Problem> {
         .enumerate()
         .map(|(i, p)| resolve_pool(i, p, &daemon.state_dir))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Config { daemon, pools })
+    let containerd = containerd::resolve(raw.containerd, &daemon.run_dir, &daemon.default_pool);
+    Ok(Config {
+        daemon,
+        pools,
+        containerd,
+    })
 }
 
 fn resolve_pool(i: usize, raw: RawPool, state_dir: &Path) -> Result<PoolConfig, Problem> {
@@ -1547,6 +1563,14 @@ fn validate(config: &Config, host_checks: bool) -> Result<(), Problem> {
             ),
         ));
     }
+
+    containerd::validate(
+        &config.containerd,
+        &d.run_dir,
+        |p| config.pool(p).is_some(),
+        host_checks,
+    )
+    .map_err(|p| Problem::section("containerd", p.key, p.message))?;
 
     // Pools must not share or nest paths, nor swallow the daemon's dirs:
     // each pool's reclaim and reconciliation assumes it owns its tree.

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod containerd;
 pub mod dbus;
 pub mod engine;
 pub mod logging;

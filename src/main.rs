@@ -278,6 +278,9 @@ async fn run(cfg: Config, bus_address: Option<String>, builtin: bool) -> Result<
     let conn = layerd::dbus::serve(engine.clone(), bus_address.as_deref())
         .await
         .map_err(|e| format!("cannot serve D-Bus: {e}"))?;
+    let containerd = layerd::containerd::serve(engine.clone(), &cfg.containerd)
+        .await
+        .map_err(|e| format!("cannot serve containerd's snapshots API: {e}"))?;
     tracing::info!(
         bus = %bus_address.as_deref().unwrap_or("system"),
         pools = ?engine.pool_names(),
@@ -324,6 +327,7 @@ async fn run(cfg: Config, bus_address: Option<String>, builtin: bool) -> Result<
         sd_notify::NotifyState::Status("stopping"),
     ]);
     monitor.abort();
+    containerd.close();
     // An Apply or Export blocked on a caller's descriptor would keep the
     // daemon from ever exiting: stop them all (each Apply marks its layer
     // failed) and give their replies a moment to go out.

@@ -45,39 +45,19 @@ pub fn pool_path(name: &str) -> zbus::zvariant::Result<OwnedObjectPath> {
     OwnedObjectPath::try_from(p)
 }
 
-/// Runs a (blocking) engine call. A panic inside it is caught and answered
-/// as `Internal` (logged at error level): without this the request would
-/// die with its task and its caller never get a reply.
+/// Runs a (blocking) engine call; a panic inside it is answered as
+/// `Internal` (see engine::guard).
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, DbusError>
 where
     F: FnOnce() -> crate::engine::error::Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    // block_in_place runs the call on this worker (the runtime moves its
-    // other tasks away) instead of handing it to another thread and back,
-    // which cost ~160 µs per request in bench/.
-    // AssertUnwindSafe: the engine's locks recover from poisoning
-    // (engine::lock) and its store writes are transactions, so state seen
-    // after a panic is state some request left complete.
-    match tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
-    {
+    match crate::engine::guard::call(f) {
         Ok(r) => r.map_err(DbusError::from),
-        Err(payload) => {
-            let what = panic_message(payload.as_ref());
-            tracing::error!(panic = %what, "a request panicked; answered Internal");
-            Err(DbusError::Internal(format!(
-                "internal error: the request panicked ({what}); the daemon goes on serving, see its log"
-            )))
-        }
+        Err(what) => Err(DbusError::Internal(format!(
+            "internal error: the request panicked ({what}); the daemon goes on serving, see its log"
+        ))),
     }
-}
-
-/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Connects (system bus, or `address`), exports every object, takes the

@@ -25,13 +25,37 @@ impl Engine {
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<MountSpec>> {
+        self.create_layer_in(None, kind, key, parent, labels)
+    }
+
+    /// [`Engine::create_layer`] in `pool` when given (an adapter whose
+    /// endpoint is one pool: containerd's sockets), instead of the pool
+    /// label's or the default.
+    pub fn create_layer_in(
+        &self,
+        pool: Option<&str>,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<MountSpec>> {
         validate::key("key", key)?;
         validate::labels(&labels)?;
         let size_limit = validate::size_label(&labels)?;
         if !parent.is_empty() {
             validate::key("parent", parent)?;
         }
-        let wanted_pool = labels.get(validate::POOL_LABEL).cloned();
+        let labelled = labels.get(validate::POOL_LABEL).cloned();
+        let wanted_pool = match (pool, labelled) {
+            (Some(p), Some(l)) if p != l => {
+                return Err(Error::InvalidArgument(format!(
+                    "label {}={l:?}: this endpoint serves pool {p:?} only",
+                    validate::POOL_LABEL
+                )))
+            }
+            (Some(p), _) => Some(p.to_string()),
+            (None, l) => l,
+        };
         if let Some(p) = &wanted_pool {
             self.get_pool(p)?;
         }
@@ -58,7 +82,7 @@ impl Engine {
                 if let Some(w) = &wanted_pool {
                     if *w != p.pool {
                         return Err(Error::InvalidArgument(format!(
-                            "label {} asks for pool {w:?}, but children live in their parent's pool {:?}",
+                            "the new layer would be in pool {w:?} (label {} or endpoint), but children live in their parent's pool {:?}",
                             validate::POOL_LABEL,
                             p.pool
                         )));
@@ -413,6 +437,27 @@ impl Engine {
     }
 
     pub fn walk(&self, filters: &[String]) -> Result<Vec<LayerInfo>> {
+        self.walk_mapped(filters, Some)
+    }
+
+    /// Walk of the keys that start with `prefix` (an adapter's own key
+    /// space), which the filters and the caller see without it; a parent
+    /// outside the prefix keeps its whole key.
+    pub fn walk_under(&self, prefix: &str, filters: &[String]) -> Result<Vec<LayerInfo>> {
+        self.walk_mapped(filters, |mut i| {
+            i.name = i.name.strip_prefix(prefix)?.to_string();
+            if let Some(p) = i.parent.strip_prefix(prefix) {
+                i.parent = p.to_string();
+            }
+            Some(i)
+        })
+    }
+
+    fn walk_mapped(
+        &self,
+        filters: &[String],
+        map: impl Fn(LayerInfo) -> Option<LayerInfo>,
+    ) -> Result<Vec<LayerInfo>> {
         let filter = Filter::parse(filters).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         self.store.read(|tx| -> Result<Vec<LayerInfo>> {
             let records = tx.layers()?;
@@ -425,7 +470,9 @@ impl Engine {
                     .and_then(|p| names.get(&p))
                     .unwrap_or(&"")
                     .to_string();
-                let i = info(rec.clone(), parent);
+                let Some(i) = map(info(rec.clone(), parent)) else {
+                    continue;
+                };
                 if filter.matches(&i) {
                     out.push(i);
                 }

@@ -15,6 +15,7 @@ pub mod diff;
 pub mod error;
 pub mod fault;
 pub mod filters;
+pub mod guard;
 pub mod jobs;
 mod layers;
 mod mounts;

@@ -14,15 +14,35 @@ pub const MAX_LABELS_TOTAL_BYTES: usize = 64 << 10;
 pub const POOL_LABEL: &str = "layerd.io/pool";
 /// The label that caps a new layer's own bytes (btrfs: a qgroup limit).
 pub const SIZE_LABEL: &str = "layerd.io/size";
+/// The same label as containerd passes it to a proxy snapshotter (only
+/// labels under `containerd.io/snapshot/` reach one).
+pub const CONTAINERD_SIZE_LABEL: &str = "containerd.io/snapshot/layerd.size";
+
+/// The size label a layer carries, as (name, value): either name; both
+/// with different values is an error.
+pub fn size_entry(labels: &BTreeMap<String, String>) -> Result<Option<(&'static str, &str)>> {
+    let ours = labels.get(SIZE_LABEL).map(|v| (SIZE_LABEL, v.as_str()));
+    let theirs = labels
+        .get(CONTAINERD_SIZE_LABEL)
+        .map(|v| (CONTAINERD_SIZE_LABEL, v.as_str()));
+    match (ours, theirs) {
+        (Some((_, a)), Some((_, b))) if a != b => Err(Error::InvalidArgument(format!(
+            "labels {SIZE_LABEL}={:?} and {CONTAINERD_SIZE_LABEL}={:?} ask for different size limits",
+            truncate(a, 64),
+            truncate(b, 64)
+        ))),
+        (o, t) => Ok(o.or(t)),
+    }
+}
 
 /// The byte limit the size label asks for, if any: a size as the config
 /// writes them (`"512M"`, `"2G"`), more than zero.
 pub fn size_label(labels: &BTreeMap<String, String>) -> Result<Option<u64>> {
-    let Some(v) = labels.get(SIZE_LABEL) else {
+    let Some((name, v)) = size_entry(labels)? else {
         return Ok(None);
     };
     let bad = |why: String| {
-        Error::InvalidArgument(format!("label {SIZE_LABEL}={:?}: {why}", truncate(v, 64)))
+        Error::InvalidArgument(format!("label {name}={:?}: {why}", truncate(v, 64)))
     };
     match crate::config::parse_size(v) {
         Ok(0) => Err(bad("a layer's size limit must be more than 0".into())),
@@ -88,19 +108,19 @@ pub fn fixed_labels(
             )));
         }
     }
-    if let Some(v) = new.get(SIZE_LABEL) {
-        match current.get(SIZE_LABEL) {
-            Some(c) if c == v => {}
-            Some(c) => {
+    if let Some((name, v)) = size_entry(new)? {
+        match size_entry(current)? {
+            Some((_, c)) if c == v => {}
+            Some((_, c)) => {
                 return Err(Error::InvalidArgument(format!(
-                    "label {SIZE_LABEL}={:?}: the layer's size limit is {:?}, set when it was created; it cannot change afterwards",
+                    "label {name}={:?}: the layer's size limit is {:?}, set when it was created; it cannot change afterwards",
                     truncate(v, 64),
                     truncate(c, 64)
                 )))
             }
             None => {
                 return Err(Error::InvalidArgument(format!(
-                    "label {SIZE_LABEL}={:?}: the layer has no size limit; a limit is set only when a layer is created (Prepare, View)",
+                    "label {name}={:?}: the layer has no size limit; a limit is set only when a layer is created (Prepare, View)",
                     truncate(v, 64)
                 )))
             }

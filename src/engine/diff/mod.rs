@@ -466,15 +466,14 @@ impl Engine {
 /// size limit (btrfs: its qgroup) names the layer's limit, not the pool.
 fn apply_error(rec: &LayerRecord, e: DiffError) -> Error {
     if e.errno() == Some(libc::EDQUOT) {
-        if let Ok(Some(bytes)) = super::validate::size_label(&rec.labels) {
+        let entry = super::validate::size_entry(&rec.labels).ok().flatten();
+        if let (Ok(Some(bytes)), Some((label, limit))) =
+            (super::validate::size_label(&rec.labels), entry)
+        {
             return Error::LayerSizeLimit {
                 key: rec.key.clone(),
-                label: super::validate::SIZE_LABEL,
-                limit: rec
-                    .labels
-                    .get(super::validate::SIZE_LABEL)
-                    .cloned()
-                    .unwrap_or_default(),
+                label,
+                limit: limit.to_string(),
                 bytes,
                 source: Box::new(e),
             };
