@@ -2143,7 +2143,7 @@ mod tests {
             1,
             &[
                 "unknown key \"storage\" at the top level",
-                "expected daemon or pool",
+                "expected one of daemon, pool, containerd",
             ],
         );
         assert_err(

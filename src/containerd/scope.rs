@@ -61,6 +61,6 @@ mod tests {
         assert_eq!(s.parent(""), "");
         assert_eq!(s.outside("other"), "other");
         let e = s.key("key", "").unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.code(), containerd_snapshots::tonic::Code::InvalidArgument);
     }
 }
