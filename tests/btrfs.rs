@@ -74,6 +74,7 @@ impl World {
                 path: path.to_path_buf(),
                 extra: driver_extra,
             }],
+            extra_toml: String::new(),
         };
         let mut daemon = Daemon::new(config, &self.dir, &bus.address);
         let conn = zbus::connection::Builder::address(bus.address.as_str())

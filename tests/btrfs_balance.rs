@@ -73,6 +73,7 @@ impl World {
                 path: dir.join("s").join("main"),
                 extra: pool_extra(size, monitor),
             }],
+            extra_toml: String::new(),
         };
         let mut daemon = Daemon::new(config, &dir, &bus.address);
         let conn = zbus::connection::Builder::address(bus.address.as_str())

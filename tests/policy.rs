@@ -331,6 +331,7 @@ async fn shipped_policy_lets_everyone_read_and_only_root_write() {
             path: pool.clone(),
             extra: vec![],
         }],
+        extra_toml: String::new(),
     };
     let mut daemon = Daemon::new(config, d, &bus.address);
     let conn = zbus::connection::Builder::address(bus.address.as_str())

@@ -807,6 +807,8 @@ pub struct DaemonConfig {
     pub run_dir: PathBuf,
     pub default_pool: String,
     pub pools: Vec<PoolConfig>,
+    /// More TOML after the pools (e.g. a `[containerd]` table).
+    pub extra_toml: String,
 }
 
 pub fn toml_str(s: &str) -> String {
@@ -845,6 +847,10 @@ impl DaemonConfig {
             for (k, v) in p.extra.iter().filter(|(_, v)| !v.is_empty()) {
                 s.push_str(&format!("{k} = {v}\n"));
             }
+        }
+        if !self.extra_toml.is_empty() {
+            s.push('\n');
+            s.push_str(&self.extra_toml);
         }
         s
     }
@@ -1567,6 +1573,7 @@ impl Fixture {
                     e
                 },
             }],
+            extra_toml: String::new(),
         };
         let mut daemon = Daemon::new(config, &path, &bus.address);
         let conn = zbus::connection::Builder::address(bus.address.as_str())
@@ -1626,6 +1633,11 @@ impl Fixture {
     pub fn run_dir(&self) -> PathBuf {
         self.daemon().config.run_dir.clone()
     }
+    /// The containerd socket layerd serves for the default pool with no
+    /// `[containerd]` config: `<run_dir>/containerd-<pool>.sock`.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.run_dir().join(format!("containerd-{}.sock", self.pool_name))
+    }
     pub fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().unwrap()
     }
@@ -1673,6 +1685,15 @@ impl Fixture {
             panic!("restart: {e}");
         }
         self.mgr = manager_proxy(&self.conn).await;
+    }
+
+    /// Restarts the daemon with `toml` after its pools in the config
+    /// (top-level tables such as `[containerd]`).
+    pub async fn restart_with_toml(&mut self, toml: &str) {
+        let d = self.daemon_mut();
+        d.config.extra_toml = toml.to_string();
+        fs::write(&d.config_path, d.config.to_toml()).expect("write layerd.toml");
+        self.restart().await;
     }
 
     /// SIGKILL the daemon, as a crash would; `start()` brings it back.
