@@ -15,6 +15,12 @@ pkgs+=(libudev-dev udev)
 pkgs+=(linux-image-amd64 busybox-static qemu-system-x86 thin-provisioning-tools)
 # gcc, libc6-dev: the zstd crate builds libzstd; tar: tests/diff.rs compares with GNU tar.
 pkgs+=(gcc libc6-dev tar)
+# containerd-snapshots generates its gRPC code with protoc at build time.
+pkgs+=(protobuf-compiler)
+# containerd tier: Debian's containerd and runc (tests/containerd_e2e.rs), and
+# containerd's own snapshotter testsuite with Go and every dependency as
+# Debian sources (scripts/build-containerd-suite.sh builds it offline).
+pkgs+=(containerd runc golang-go golang-github-containerd-containerd-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
