@@ -1983,6 +1983,11 @@ mod tests {
             "balance_musage",
             "[pool.monitor]",
             "[pool.maintenance]",
+            "[containerd]",
+            "socket_dir",
+            "socket_group",
+            "pools",
+            "[[containerd.snapshotter]]",
         ] {
             assert!(DEFAULT_FILE.contains(k), "layerd.toml lacks {k}");
         }

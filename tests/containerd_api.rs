@@ -50,9 +50,13 @@ async fn bad_input_gets_dbus_errors_as_containerd_codes_and_changes_nothing() {
     let g = Snapshots::connect(&f.containerd_socket()).await;
     let p = format!("containerd-{pool}/");
     // A committed c, an active a on it, a view v on it.
-    g.prepare("c-tmp", "", HashMap::new()).await.expect("Prepare c-tmp");
+    g.prepare("c-tmp", "", HashMap::new())
+        .await
+        .expect("Prepare c-tmp");
     g.commit("c", "c-tmp").await.expect("Commit c");
-    g.prepare("a", "c", HashMap::new()).await.expect("Prepare a");
+    g.prepare("a", "c", HashMap::new())
+        .await
+        .expect("Prepare a");
     g.view("v", "c").await.expect("View v");
     let before = f.walk(&[]).await;
 
@@ -67,48 +71,129 @@ async fn bad_input_gets_dbus_errors_as_containerd_codes_and_changes_nothing() {
         }};
     }
     let none = HashMap::new;
-    same!("Prepare \"\"", g.prepare("", "", none()), f.mgr.prepare("", "", none()), Code::InvalidArgument);
-    same!("Prepare of a 5000-byte key", g.prepare(&long, "", none()), f.mgr.prepare(&format!("{p}{long}"), "", none()), Code::InvalidArgument);
-    same!("Prepare with a 5000-byte label", g.prepare("x", "", label("k", &big)), f.mgr.prepare(&format!("{p}x"), "", label("k", &big)), Code::InvalidArgument);
+    same!(
+        "Prepare \"\"",
+        g.prepare("", "", none()),
+        f.mgr.prepare("", "", none()),
+        Code::InvalidArgument
+    );
+    same!(
+        "Prepare of a 5000-byte key",
+        g.prepare(&long, "", none()),
+        f.mgr.prepare(&format!("{p}{long}"), "", none()),
+        Code::InvalidArgument
+    );
+    same!(
+        "Prepare with a 5000-byte label",
+        g.prepare("x", "", label("k", &big)),
+        f.mgr.prepare(&format!("{p}x"), "", label("k", &big)),
+        Code::InvalidArgument
+    );
     same!(
         "Prepare with a bad size label",
         g.prepare("x", "", label("containerd.io/snapshot/layerd.size", "lots")),
-        f.mgr.prepare(&format!("{p}x"), "", label("layerd.io/size", "lots")),
+        f.mgr
+            .prepare(&format!("{p}x"), "", label("layerd.io/size", "lots")),
         Code::InvalidArgument
     );
     same!(
         "Prepare with a size limit on overlay",
         g.prepare("x", "", label("containerd.io/snapshot/layerd.size", "64M")),
-        f.mgr.prepare(&format!("{p}x"), "", label("layerd.io/size", "64M")),
+        f.mgr
+            .prepare(&format!("{p}x"), "", label("layerd.io/size", "64M")),
         Code::Unimplemented
     );
-    same!("Prepare on a missing parent", g.prepare("x", "nope", none()), f.mgr.prepare(&format!("{p}x"), &format!("{p}nope"), none()), Code::NotFound);
-    same!("Prepare of an existing key", g.prepare("a", "", none()), f.mgr.prepare(&format!("{p}a"), "", none()), Code::AlreadyExists);
-    same!("Commit of a missing key", g.commit("n", "nope"), f.mgr.commit(&format!("{p}n"), &format!("{p}nope"), none()), Code::NotFound);
-    same!("Commit of a view", g.commit("n", "v"), f.mgr.commit(&format!("{p}n"), &format!("{p}v"), none()), Code::FailedPrecondition);
-    same!("Commit onto an existing name", g.commit("c", "a"), f.mgr.commit(&format!("{p}c"), &format!("{p}a"), none()), Code::AlreadyExists);
-    same!("Remove of a parent", g.remove("c"), f.mgr.remove(&format!("{p}c")), Code::FailedPrecondition);
-    same!("Remove of a missing key", g.remove("nope"), f.mgr.remove(&format!("{p}nope")), Code::NotFound);
-    same!("Mounts of a committed layer", g.mounts("c"), f.mgr.mounts(&format!("{p}c")), Code::FailedPrecondition);
-    same!("Stat of a missing key", g.stat("nope"), f.mgr.stat(&format!("{p}nope")), Code::NotFound);
-    same!("Usage of a missing key", g.usage("nope"), f.mgr.usage(&format!("{p}nope")), Code::NotFound);
+    same!(
+        "Prepare on a missing parent",
+        g.prepare("x", "nope", none()),
+        f.mgr.prepare(&format!("{p}x"), &format!("{p}nope"), none()),
+        Code::NotFound
+    );
+    same!(
+        "Prepare of an existing key",
+        g.prepare("a", "", none()),
+        f.mgr.prepare(&format!("{p}a"), "", none()),
+        Code::AlreadyExists
+    );
+    same!(
+        "Commit of a missing key",
+        g.commit("n", "nope"),
+        f.mgr.commit(&format!("{p}n"), &format!("{p}nope"), none()),
+        Code::NotFound
+    );
+    same!(
+        "Commit of a view",
+        g.commit("n", "v"),
+        f.mgr.commit(&format!("{p}n"), &format!("{p}v"), none()),
+        Code::FailedPrecondition
+    );
+    same!(
+        "Commit onto an existing name",
+        g.commit("c", "a"),
+        f.mgr.commit(&format!("{p}c"), &format!("{p}a"), none()),
+        Code::AlreadyExists
+    );
+    same!(
+        "Remove of a parent",
+        g.remove("c"),
+        f.mgr.remove(&format!("{p}c")),
+        Code::FailedPrecondition
+    );
+    same!(
+        "Remove of a missing key",
+        g.remove("nope"),
+        f.mgr.remove(&format!("{p}nope")),
+        Code::NotFound
+    );
+    same!(
+        "Mounts of a committed layer",
+        g.mounts("c"),
+        f.mgr.mounts(&format!("{p}c")),
+        Code::FailedPrecondition
+    );
+    same!(
+        "Stat of a missing key",
+        g.stat("nope"),
+        f.mgr.stat(&format!("{p}nope")),
+        Code::NotFound
+    );
+    same!(
+        "Usage of a missing key",
+        g.usage("nope"),
+        f.mgr.usage(&format!("{p}nope")),
+        Code::NotFound
+    );
     same!(
         "Update of the parent field",
         g.update("a", none(), &["parent"]),
-        f.mgr.update(&format!("{p}a"), none(), vec!["parent".into()]),
+        f.mgr
+            .update(&format!("{p}a"), none(), vec!["parent".into()]),
         Code::InvalidArgument
     );
-    same!("List with a bad filter", g.list(&["name=="]), f.mgr.walk(vec!["name==".into()]), Code::InvalidArgument);
+    same!(
+        "List with a bad filter",
+        g.list(&["name=="]),
+        f.mgr.walk(vec!["name==".into()]),
+        Code::InvalidArgument
+    );
 
     // containerd's snapshotters refuse a parent that is not committed with
     // InvalidArgument ("parent is not committed snapshot"); D-Bus keeps
     // its stable FailedPrecondition.
-    let (c, msg) = code("Prepare on an active parent", g.prepare("x", "a", none()).await);
+    let (c, msg) = code(
+        "Prepare on an active parent",
+        g.prepare("x", "a", none()).await,
+    );
     assert_eq!(c, Code::InvalidArgument, "{msg}");
-    assert!(msg.contains("only a committed layer can be a parent"), "{msg}");
+    assert!(
+        msg.contains("only a committed layer can be a parent"),
+        "{msg}"
+    );
     check_err(
         "D-Bus Prepare on an active parent",
-        f.mgr.prepare(&format!("{p}x"), &format!("{p}a"), none()).await,
+        f.mgr
+            .prepare(&format!("{p}x"), &format!("{p}a"), none())
+            .await,
         "FailedPrecondition",
         &["committed"],
     );
@@ -156,15 +241,28 @@ async fn each_socket_is_one_key_space_and_dbus_sees_it() {
     assert_eq!(b.list(&["parent==base"]).await.unwrap(), want[1..]);
     // Stat and D-Bus Stat agree on the layer.
     let st = b.stat("work").await.unwrap();
-    assert_eq!((st.name.as_str(), st.parent.as_str(), st.kind), ("work", "base", 2));
+    assert_eq!(
+        (st.name.as_str(), st.parent.as_str(), st.kind),
+        ("work", "base", 2)
+    );
     assert_eq!(st.labels, label("containerd.io/snapshot/x", "1"));
     let d = f.stat("containerd-k8s/work").await;
     assert_eq!(d.parent, "containerd-k8s/base");
     assert_eq!(d.kind, "active");
     // What D-Bus makes under a socket's prefix, that socket lists.
-    f.prepare("containerd-k8s/from-dbus", "containerd-k8s/base").await;
-    assert!(b.list(&[]).await.unwrap().contains(&("from-dbus".into(), "base".into(), 2)));
-    assert!(!a.list(&[]).await.unwrap().iter().any(|(n, _, _)| n == "from-dbus"));
+    f.prepare("containerd-k8s/from-dbus", "containerd-k8s/base")
+        .await;
+    assert!(b
+        .list(&[])
+        .await
+        .unwrap()
+        .contains(&("from-dbus".into(), "base".into(), 2)));
+    assert!(!a
+        .list(&[])
+        .await
+        .unwrap()
+        .iter()
+        .any(|(n, _, _)| n == "from-dbus"));
     // Removing on one socket leaves the other's layer alone.
     b.remove("work").await.unwrap();
     b.remove("from-dbus").await.unwrap();
@@ -183,16 +281,28 @@ async fn sockets_are_root_only() {
     let pool = f.pool_name().to_string();
     let sock = f.containerd_socket();
     let md = std::fs::metadata(&sock).expect("the default pool's socket exists");
-    assert_eq!((md.mode() & 0o777, md.uid()), (0o600, 0), "{}", sock.display());
+    assert_eq!(
+        (md.mode() & 0o777, md.uid()),
+        (0o600, 0),
+        "{}",
+        sock.display()
+    );
     // nobody cannot connect.
     let out = Command::new("python3")
-        .args(["-c", "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"])
+        .args([
+            "-c",
+            "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
+        ])
         .arg(&sock)
         .uid(65534)
         .gid(65534)
         .output()
         .expect("python3");
-    assert!(!out.status.success(), "nobody connected to {}", sock.display());
+    assert!(
+        !out.status.success(),
+        "nobody connected to {}",
+        sock.display()
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("PermissionError"),
         "{}",
@@ -207,10 +317,17 @@ async fn sockets_are_root_only() {
     .await;
     let sock = dir.join(format!("containerd-{pool}.sock"));
     let md = std::fs::metadata(&sock).expect("socket in socket_dir");
-    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap().gid.as_raw();
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
     assert_eq!((md.mode() & 0o777, md.gid()), (0o660, nogroup));
     let dmd = std::fs::metadata(&dir).unwrap();
-    assert_eq!((dmd.permissions().mode() & 0o777, dmd.gid()), (0o750, nogroup));
+    assert_eq!(
+        (dmd.permissions().mode() & 0o777, dmd.gid()),
+        (0o750, nogroup)
+    );
     assert!(
         !f.run_dir().join(format!("containerd-{pool}.sock")).exists(),
         "the old socket was left behind"

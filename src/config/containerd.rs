@@ -149,7 +149,10 @@ pub(super) fn validate(
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(p("socket_group", format!("no group named {g:?}"))),
                 Err(e) => {
-                    return Err(p("socket_group", format!("cannot look up group {g:?}: {e}")))
+                    return Err(p(
+                        "socket_group",
+                        format!("cannot look up group {g:?}: {e}"),
+                    ))
                 }
             }
         }
@@ -187,7 +190,10 @@ mod tests {
     #[test]
     fn defaults_serve_the_default_pool_in_run_dir() {
         let c = resolve(None, Path::new("/run/layerd"), "main");
-        assert_eq!(c.socket_path("main"), Path::new("/run/layerd/containerd-main.sock"));
+        assert_eq!(
+            c.socket_path("main"),
+            Path::new("/run/layerd/containerd-main.sock")
+        );
         assert_eq!(c.snapshotters.len(), 1);
         let c = cfg("socket_dir = \"/run/x\"");
         assert_eq!(c.snapshotters[0].pool, "main");
@@ -213,7 +219,9 @@ mod tests {
     fn bad_names_duplicates_and_group_in_run_dir_are_refused() {
         let run = Path::new("/run/layerd");
         for bad in ["", "../x", "a/b", ".hidden", &"n".repeat(65)] {
-            let c = cfg(&format!("pools = []\n[[snapshotter]]\nname = {bad:?}\npool = \"main\"\n"));
+            let c = cfg(&format!(
+                "pools = []\n[[snapshotter]]\nname = {bad:?}\npool = \"main\"\n"
+            ));
             assert!(validate(&c, run, |_| true, false).is_err(), "{bad:?}");
         }
         let c = cfg("[[snapshotter]]\nname = \"main\"\npool = \"main\"\n");

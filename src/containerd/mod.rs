@@ -51,7 +51,10 @@ pub async fn serve(engine: Arc<Engine>, cfg: &ContainerdConfig) -> io::Result<Se
     for s in &cfg.snapshotters {
         let path = cfg.socket_path(&s.name);
         let listener = bind(&path, gid).map_err(|e| {
-            io::Error::new(e.kind(), format!("containerd socket {}: {e}", path.display()))
+            io::Error::new(
+                e.kind(),
+                format!("containerd socket {}: {e}", path.display()),
+            )
         })?;
         let service = containerd_snapshots::server(Arc::new(snapshotter::Snapshotter {
             engine: engine.clone(),

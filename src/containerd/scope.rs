@@ -27,7 +27,9 @@ impl Scope {
     /// here: with the prefix it would no longer look empty.
     pub fn key(&self, what: &str, key: &str) -> Result<String, Status> {
         if key.is_empty() {
-            return Err(Status::invalid_argument(format!("{what} must not be empty")));
+            return Err(Status::invalid_argument(format!(
+                "{what} must not be empty"
+            )));
         }
         Ok(format!("{}{key}", self.prefix))
     }
@@ -44,7 +46,10 @@ impl Scope {
     /// containerd's view of a stored key; one outside this scope (a parent
     /// a D-Bus client chose) keeps its whole key.
     pub fn outside(&self, stored: &str) -> String {
-        stored.strip_prefix(&self.prefix).unwrap_or(stored).to_string()
+        stored
+            .strip_prefix(&self.prefix)
+            .unwrap_or(stored)
+            .to_string()
     }
 }
 

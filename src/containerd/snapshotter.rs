@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::{Info, Kind as CKind, Usage};
 use containerd_snapshots::tonic::Status;
+use containerd_snapshots::{Info, Kind as CKind, Usage};
 
 use super::error;
 use super::scope::Scope;
@@ -161,7 +161,11 @@ impl containerd_snapshots::Snapshotter for Snapshotter {
         call(|| self.engine.cleanup()).map(|_| ())
     }
 
-    async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<Self::InfoStream, Status> {
+    async fn list(
+        &self,
+        _snapshotter: String,
+        filters: Vec<String>,
+    ) -> Result<Self::InfoStream, Status> {
         // walk_under has taken the prefix off already.
         let infos = call(|| self.engine.walk_under(self.scope.prefix(), &filters))?;
         let out: Vec<Result<Info, Status>> = infos.into_iter().map(|i| Ok(info(i))).collect();

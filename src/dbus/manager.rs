@@ -57,6 +57,9 @@ fn stat_out(i: LayerInfo) -> StatOut {
 impl Manager {
     /// Creates active layer `key` on committed `parent` ("" for none) and
     /// returns its mounts (type, source, options) as mount(8) takes them.
+    /// A parent that is an active layer or a view is FailedPrecondition
+    /// here (the stable name since the first release); containerd's gRPC
+    /// socket answers InvalidArgument for it, as containerd does.
     /// A parentless layer's pool is the label layerd.io/pool, else the
     /// default pool; layerd.io/size limits its own bytes (btrfs). Both are
     /// fixed from then on: Update and Commit may keep or drop them, never

@@ -32,7 +32,12 @@ impl Snapshots {
         Snapshots(SnapshotsClient::new(channel))
     }
 
-    pub async fn prepare(&self, key: &str, parent: &str, labels: HashMap<String, String>) -> R<Vec<String>> {
+    pub async fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> R<Vec<String>> {
         let mut c = self.0.clone();
         let r = c.prepare(PrepareSnapshotRequest {
             snapshotter: String::new(),
@@ -40,7 +45,12 @@ impl Snapshots {
             parent: parent.into(),
             labels,
         });
-        Ok(r.await?.into_inner().mounts.into_iter().map(|m| m.r#type).collect())
+        Ok(r.await?
+            .into_inner()
+            .mounts
+            .into_iter()
+            .map(|m| m.r#type)
+            .collect())
     }
 
     pub async fn view(&self, key: &str, parent: &str) -> R<Vec<String>> {
@@ -51,7 +61,12 @@ impl Snapshots {
             parent: parent.into(),
             labels: HashMap::new(),
         });
-        Ok(r.await?.into_inner().mounts.into_iter().map(|m| m.r#type).collect())
+        Ok(r.await?
+            .into_inner()
+            .mounts
+            .into_iter()
+            .map(|m| m.r#type)
+            .collect())
     }
 
     pub async fn commit(&self, name: &str, key: &str) -> R<()> {
@@ -89,10 +104,20 @@ impl Snapshots {
             snapshotter: String::new(),
             key: key.into(),
         });
-        Ok(r.await?.into_inner().mounts.into_iter().map(|m| m.r#type).collect())
+        Ok(r.await?
+            .into_inner()
+            .mounts
+            .into_iter()
+            .map(|m| m.r#type)
+            .collect())
     }
 
-    pub async fn update(&self, key: &str, labels: HashMap<String, String>, paths: &[&str]) -> R<Info> {
+    pub async fn update(
+        &self,
+        key: &str,
+        labels: HashMap<String, String>,
+        paths: &[&str],
+    ) -> R<Info> {
         let mut c = self.0.clone();
         let r = c.update(UpdateSnapshotRequest {
             snapshotter: String::new(),

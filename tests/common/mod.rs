@@ -1636,7 +1636,8 @@ impl Fixture {
     /// The containerd socket layerd serves for the default pool with no
     /// `[containerd]` config: `<run_dir>/containerd-<pool>.sock`.
     pub fn containerd_socket(&self) -> PathBuf {
-        self.run_dir().join(format!("containerd-{}.sock", self.pool_name))
+        self.run_dir()
+            .join(format!("containerd-{}.sock", self.pool_name))
     }
     pub fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().unwrap()
