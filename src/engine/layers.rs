@@ -286,6 +286,7 @@ impl Engine {
         backend.commit(rec.id)?;
         fault::hit("commit-backend");
         self.store.write(false, |tx| finish_commit(tx, &rec))?;
+        tracing::info!(pool = %rec.pool, layer = rec.id, layer_key = name, operation = "commit", "layer committed");
         Ok(())
     }
 
@@ -364,6 +365,7 @@ impl Engine {
         pool.backend()?.remove(rec.id)?;
         fault::hit("remove-backend");
         self.store.write(false, |tx| tx.delete_tombstone(rec.id))?;
+        tracing::info!(pool = %rec.pool, layer = rec.id, layer_key = key, operation = "remove", "layer removed");
         let _ = self.sample(&rec.pool, false);
         Ok(())
     }
