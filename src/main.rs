@@ -275,12 +275,18 @@ async fn run(cfg: Config, bus_address: Option<String>, builtin: bool) -> Result<
     // Timers before the bus name: a service a timer starts finds the
     // daemon ready, and MaintenanceSchedule is final once clients see it.
     schedule_maintenance(&cfg, &engine).await;
-    let conn = layerd::dbus::serve(engine.clone(), bus_address.as_deref())
-        .await
-        .map_err(|e| format!("cannot serve D-Bus: {e}"))?;
+    // containerd's sockets before the bus name: whoever waits for the name
+    // (D-Bus activation, a test, a runtime) finds them bound too.
     let containerd = layerd::containerd::serve(engine.clone(), &cfg.containerd)
         .await
         .map_err(|e| format!("cannot serve containerd's snapshots API: {e}"))?;
+    let conn = match layerd::dbus::serve(engine.clone(), bus_address.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            containerd.close();
+            return Err(format!("cannot serve D-Bus: {e}"));
+        }
+    };
     tracing::info!(
         bus = %bus_address.as_deref().unwrap_or("system"),
         pools = ?engine.pool_names(),
