@@ -224,7 +224,24 @@ async fn e2e(backend: Backend) {
     f.unmount(m).await;
 
     // layerd restarts under the running containerd; containerd goes on.
+    let t = Instant::now();
     f.restart().await;
+    eprintln!("layerd restart: {:.1}s", t.elapsed().as_secs_f64());
+    // containerd finds layerd again by itself (the kernel-tier VM's thin
+    // restart outlasts gRPC's connect timeout: then containerd needs its
+    // backoff of up to 3 s more).
+    let back = c
+        .wait_reachable(deadline(Duration::from_secs(10)))
+        .unwrap_or_else(|e| {
+            panic!(
+                "containerd did not reach layerd again: {e}\n{}",
+                c.log_tail()
+            )
+        });
+    eprintln!(
+        "containerd reached layerd again after {:.1}s",
+        back.as_secs_f64()
+    );
     agree(&f, &c, "after layerd's restart").await;
     let id2 = c.unique("c");
     let out = c

@@ -241,7 +241,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .stderr(File::create(&e).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| format!("cannot run ctr: {e}"))?;
-        let until = Instant::now() + timeout;
+        let started = Instant::now();
+        let until = started + timeout;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(st)) => break Some(st),
@@ -253,6 +254,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 }
             }
         };
+        // Where a slow run (the kernel-tier VM) spends its time; libtest
+        // shows it with --nocapture or when the test fails.
+        let words: Vec<&str> = args
+            .iter()
+            .take_while(|a| !a.starts_with('-'))
+            .copied()
+            .collect();
+        eprintln!(
+            "ctr {}: {:.1}s",
+            words.join(" "),
+            started.elapsed().as_secs_f64()
+        );
         let out = fs::read_to_string(&o).unwrap_or_default();
         let err = fs::read_to_string(&e).unwrap_or_default();
         let _ = fs::remove_file(&o);
@@ -312,6 +325,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .collect();
         rows.sort();
         rows
+    }
+
+    /// Waits until containerd reaches the proxy snapshotter (`ctr snapshots
+    /// ls` answers) and returns how long that took. After the snapshotter
+    /// was away longer than gRPC's 20 s connect timeout, containerd's client
+    /// backs off (up to 3 s) before it dials again, and until then fails
+    /// every call at once with Unavailable.
+    pub fn wait_reachable(&self, timeout: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        loop {
+            match self.ctr(&["snapshots", "--snapshotter", &self.snapshotter, "ls"]) {
+                Ok(_) => return Ok(started.elapsed()),
+                Err(e) if started.elapsed() > timeout => {
+                    return Err(format!("{e} (still, after {timeout:?})"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
     }
 
     /// The end of containerd's log.
