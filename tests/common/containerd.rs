@@ -172,7 +172,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 ));
             }
             if c.address.exists() {
-                if let Ok(out) = c.ctr_timeout(&["plugins", "ls"], Duration::from_secs(10)) {
+                if let Ok(out) =
+                    c.ctr_timeout(&["plugins", "ls"], deadline(Duration::from_secs(10)))
+                {
                     let line = out
                         .lines()
                         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
