@@ -45,8 +45,8 @@ struct Opts {
     btrfs: bool,
     /// The thin table (device-mapper: the kernel-tier VM only).
     thin: bool,
-    /// Parts named on the command line (`overlay`, `vfs`, `btrfs`,
-    /// `scale`); empty = all.
+    /// Parts named on the command line (`diff`, `overlay`, `vfs`, `btrfs`,
+    /// `thin`, `scale`); empty = all.
     only: Vec<String>,
     image_size: u64,
     daemon_log: String,
@@ -72,6 +72,7 @@ impl Opts {
             "vfs" => self.vfs,
             "btrfs" => self.btrfs,
             "thin" => self.thin,
+            "diff" => self.diff_reps > 0,
             "scale" => self.layers > 0,
             _ => true,
         };
@@ -1247,7 +1248,7 @@ type Measured = (
 );
 
 async fn measure(w: &mut World, o: &Opts) -> Result<Measured, String> {
-    let diffs = if o.diff_reps > 0 {
+    let diffs = if o.wants("diff") {
         eprintln!(
             "[diff] Apply/Export throughput, {} repetitions",
             o.diff_reps

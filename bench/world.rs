@@ -228,6 +228,7 @@ impl World {
                     extra: vec![],
                 },
             ],
+            extra_toml: String::new(),
         };
         let mut config = config;
         if btrfs {
