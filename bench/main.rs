@@ -9,6 +9,12 @@
 #[allow(unused_macros, unused_imports, dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod containerd;
+mod ctd_daemon;
+mod ctd_grpc;
+mod ctd_latency;
+mod ctd_report;
+mod ctr_image;
 mod diff;
 mod floor;
 mod inproc;
@@ -45,8 +51,14 @@ struct Opts {
     btrfs: bool,
     /// The thin table (device-mapper: the kernel-tier VM only).
     thin: bool,
-    /// Parts named on the command line (`overlay`, `vfs`, `btrfs`,
-    /// `scale`); empty = all.
+    /// The containerd table (containerd, ctr, runc installed).
+    containerd: bool,
+    /// Repetitions of each unpack and `ctr run` of the containerd table.
+    ctd_reps: usize,
+    /// Timed garbage collections per snapshotter of the containerd table.
+    ctd_gc_rounds: usize,
+    /// Parts named on the command line (`diff`, `overlay`, `vfs`, `btrfs`,
+    /// `thin`, `containerd`, `scale`); empty = all.
     only: Vec<String>,
     image_size: u64,
     daemon_log: String,
@@ -72,6 +84,8 @@ impl Opts {
             "vfs" => self.vfs,
             "btrfs" => self.btrfs,
             "thin" => self.thin,
+            "containerd" => self.containerd,
+            "diff" => self.diff_reps > 0,
             "scale" => self.layers > 0,
             _ => true,
         };
@@ -90,6 +104,16 @@ impl Opts {
             vfs: env_num("LAYERD_BENCH_VFS", 1u8) != 0,
             btrfs: env_num("LAYERD_BENCH_BTRFS", 1u8) != 0,
             thin: env_num("LAYERD_BENCH_THIN", 1u8) != 0 && thin::available(),
+            containerd: env_num("LAYERD_BENCH_CONTAINERD", 1u8) != 0
+                && match containerd::unavailable() {
+                    None => true,
+                    Some(why) => {
+                        eprintln!("containerd table skipped: {why}");
+                        false
+                    }
+                },
+            ctd_reps: env_num("LAYERD_BENCH_CTD_REPS", 5usize).max(1),
+            ctd_gc_rounds: env_num("LAYERD_BENCH_CTD_GC_ROUNDS", 10usize).max(1),
             // `cargo bench --bench layerd -- btrfs` passes `--bench` and
             // the filter; anything not an option names a part to run.
             only: std::env::args()
@@ -1244,10 +1268,11 @@ type Measured = (
     Option<ScaleResult>,
     Option<Value>,
     Option<Value>,
+    Option<Value>,
 );
 
 async fn measure(w: &mut World, o: &Opts) -> Result<Measured, String> {
-    let diffs = if o.diff_reps > 0 {
+    let diffs = if o.wants("diff") {
         eprintln!(
             "[diff] Apply/Export throughput, {} repetitions",
             o.diff_reps
@@ -1276,6 +1301,14 @@ async fn measure(w: &mut World, o: &Opts) -> Result<Measured, String> {
         }
     }
     drop(ip);
+    let ctd = if o.wants("containerd") {
+        eprintln!("[containerd] built-in snapshotters vs layerd through a private containerd");
+        let r = containerd::table(w, o).await?;
+        r.print(o);
+        Some(r.json())
+    } else {
+        None
+    };
     let thin = if o.wants("thin") {
         eprintln!("[latency] thin pool, {} iterations", o.iters);
         Some(thin::table(w, o).await?)
@@ -1290,7 +1323,7 @@ async fn measure(w: &mut World, o: &Opts) -> Result<Measured, String> {
         None
     };
 
-    Ok((pools, scale, diffs, thin))
+    Ok((pools, scale, diffs, thin, ctd))
 }
 
 async fn run(o: Opts) -> Result<(), String> {
@@ -1324,11 +1357,17 @@ async fn run(o: Opts) -> Result<(), String> {
     if !release {
         eprintln!("warning: layerd is not a release build; run `cargo bench --bench layerd`");
     }
+    // The containerd table compares btrfs too, and needs layerd's
+    // containerd sockets.
+    let ctd_toml = o
+        .wants("containerd")
+        .then(|| containerd::layerd_toml(&containerd::pairs(&o)));
     let mut w = World::new(
         o.image_size,
         &o.daemon_log,
-        o.wants("btrfs"),
+        o.wants("btrfs") || (o.btrfs && o.wants("containerd")),
         o.wants("thin"),
+        ctd_toml,
     )
     .await?;
     println!(
@@ -1340,7 +1379,7 @@ async fn run(o: Opts) -> Result<(), String> {
     );
 
     let measured = measure(&mut w, &o).await;
-    let (pools, scale, diffs, thin) = match measured {
+    let (pools, scale, diffs, thin, ctd) = match measured {
         Ok(v) => v,
         Err(e) => {
             let log = w.daemon_log();
@@ -1374,6 +1413,7 @@ async fn run(o: Opts) -> Result<(), String> {
         "scale": scale.as_ref().map(scale_json),
         "diff": diffs,
         "thin": thin,
+        "containerd": ctd,
     });
     println!();
     println!("{report}");

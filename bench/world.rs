@@ -156,11 +156,13 @@ pub struct Restart {
 impl World {
     /// `btrfs`: also a loop-backed btrfs of `image_size` with pool "btrfs".
     /// `thin`: also pool "thin" (thin driver, loop backing on the xfs).
+    /// `containerd`: a `[containerd]` table for layerd's config.
     pub async fn new(
         image_size: u64,
         daemon_log: &str,
         btrfs: bool,
         thin: bool,
+        containerd: Option<String>,
     ) -> Result<World, String> {
         if !nix::unistd::geteuid().is_root() {
             return Err("the benchmark needs root (loop devices, mkfs, mount)".into());
@@ -228,7 +230,7 @@ impl World {
                     extra: vec![],
                 },
             ],
-            extra_toml: String::new(),
+            extra_toml: containerd.unwrap_or_default(),
         };
         let mut config = config;
         if btrfs {
@@ -291,6 +293,10 @@ impl World {
     }
     pub fn floor_dir(&self) -> PathBuf {
         self.mnt().join("floor")
+    }
+    /// The daemon's run_dir (its containerd sockets are there too).
+    pub fn run_dir(&self) -> PathBuf {
+        self.path.join("run")
     }
     pub fn floor_run_dir(&self) -> PathBuf {
         self.path.join("run-floor")
