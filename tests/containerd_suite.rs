@@ -1,0 +1,202 @@
+//! containerd's own snapshotter testsuite (`snapshots/testsuite` of
+//! containerd 1.6.20, every subtest) against layerd's gRPC sockets, through
+//! containerd's proxy snapshotter client: tests/containerd/suite/ holds the
+//! Go side, scripts/build-containerd-suite.sh builds it.
+//!
+//! The suite wants an empty snapshotter per subtest; each configured
+//! `[[containerd.snapshotter]]` is a socket and a key space of its own, so
+//! each test configures one per subtest, all on the fixture's pool, and the
+//! Go test takes the next one on each call.
+//!
+//! Host tier: overlay and vfs on xfs, btrfs (a few seconds each). Thin is
+//! `#[ignore]`d: the kernel-tier VM runs it (scripts/test-kernel.sh).
+//! The Go binary is `$LAYERD_CONTAINERD_SUITE` (scripts/test.sh builds it
+//! once and exports it); unset, the build script is run here, except in CI.
+
+#[macro_use]
+#[allow(unused_macros)]
+#[path = "common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Subtests of `SnapshotterSuite` in containerd 1.6.20 (its `t.Run` calls,
+/// snapshots/testsuite/testsuite.go lines 50-74): one snapshotter each.
+const SUBTESTS: usize = 21;
+
+/// What the suite itself skips on every snapshotter: `checkRename` starts
+/// with `t.Skip("rename test still fails on some kernels with overlay")`
+/// (snapshots/testsuite/issues.go, line 118, containerd 1.6.20).
+const SKIPPED_BY_THE_SUITE: &[&str] = &["Rename"];
+
+/// The Go test binary, or `None` (after a SKIP line) where it cannot be had
+/// outside CI. Built at most once per test process.
+fn suite_binary(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LAYERD_CONTAINERD_SUITE") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "LAYERD_CONTAINERD_SUITE={}: no such file",
+            p.display()
+        );
+        return Some(p);
+    }
+    let ci = std::env::var_os("CI").is_some();
+    assert!(
+        !ci,
+        "{test}: LAYERD_CONTAINERD_SUITE is not set: scripts/test.sh builds the suite \
+         (scripts/build-containerd-suite.sh) and exports it"
+    );
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-containerd-suite.sh");
+        let out = Command::new(&script)
+            .output()
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}):\n{}",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    });
+    match built {
+        Ok(p) => Some(p.clone()),
+        // No Go or no containerd source here: skip loudly (CI never gets here).
+        Err(e) if e.contains("run scripts/install-deps.sh") => {
+            let _ = writeln!(std::io::stderr(), "SKIP {test}: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: building containerd's testsuite: {e}"),
+    }
+}
+
+/// `--- PASS: TestLayerd/<name>` lines of `go test -test.v` output, by
+/// verdict: (passed, failed, skipped) subtest names.
+fn verdicts(out: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (mut pass, mut fail, mut skip) = (vec![], vec![], vec![]);
+    for line in out.lines() {
+        let line = line.trim_start();
+        for (tag, list) in [
+            ("--- PASS: TestLayerd/", &mut pass),
+            ("--- FAIL: TestLayerd/", &mut fail),
+            ("--- SKIP: TestLayerd/", &mut skip),
+        ] {
+            if let Some(rest) = line.strip_prefix(tag) {
+                list.push(rest.split(' ').next().unwrap_or(rest).to_string());
+            }
+        }
+    }
+    (pass, fail, skip)
+}
+
+async fn run_suite(backend: Backend) {
+    let test = format!("containerd_suite::{}", backend.name());
+    let Some(bin) = suite_binary(&test) else {
+        return;
+    };
+    let Some(mut f) = Fixture::new(backend).await else {
+        return;
+    };
+    let pool = f.pool_name().to_string();
+    let names: Vec<String> = (1..=SUBTESTS).map(|i| format!("suite{i}")).collect();
+    let mut toml = String::from("[containerd]\npools = []\n");
+    for n in &names {
+        toml += &format!("[[containerd.snapshotter]]\nname = {n:?}\npool = {pool:?}\n");
+    }
+    f.restart_with_toml(&toml).await;
+    let sockets: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let s = f.run_dir().join(format!("containerd-{n}.sock"));
+            assert!(s.exists(), "{test}: {} is not served", s.display());
+            s.to_str().unwrap().to_string()
+        })
+        .collect();
+
+    // The suite's temporary directories (its mount points among them) go
+    // under the fixture, whose teardown unmounts whatever is left there.
+    let tmp = f.scratch("go");
+    let timeout = deadline(Duration::from_secs(300));
+    let started = Instant::now();
+    let out = {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-test.v", &format!("-test.timeout={}s", timeout.as_secs())])
+            .env("LAYERD_SUITE_SOCKETS", sockets.join(":"))
+            .env("TMPDIR", &tmp)
+            .current_dir(&tmp);
+        tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{test}: run {}: {e}", bin.display()))
+    };
+    let took = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (pass, fail, skip) = verdicts(&text);
+    let shown = || format!("----- go test output -----\n{text}----- end of go test output -----");
+    assert!(
+        out.status.success() && fail.is_empty() && !text.contains("--- FAIL"),
+        "{test}: containerd's testsuite failed ({}; failed: {fail:?})\n{}",
+        out.status,
+        shown()
+    );
+    assert_eq!(
+        skip,
+        SKIPPED_BY_THE_SUITE,
+        "{test}: only the suite's own skips may skip\n{}",
+        shown()
+    );
+    assert_eq!(
+        pass.len() + skip.len(),
+        SUBTESTS,
+        "{test}: not every subtest ran\n{}",
+        shown()
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "containerd-suite: {} {} passed, {} failed, {} skipped ({}: by the suite's design) in {:.1}s",
+        backend.name(),
+        pass.len(),
+        fail.len(),
+        skip.len(),
+        skip.join(", "),
+        took.as_secs_f64()
+    );
+    f.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_xfs() {
+    run_suite(Backend::OverlayXfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vfs_xfs() {
+    run_suite(Backend::VfsXfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs() {
+    run_suite(Backend::Btrfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "kernel tier: runs in the VM (scripts/test-kernel.sh)"]
+async fn thin() {
+    require_kernel_tier("containerd_suite::thin");
+    run_suite(Backend::Thin).await;
+}
