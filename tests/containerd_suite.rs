@@ -115,14 +115,23 @@ async fn run_suite(backend: Backend) {
         toml += &format!("[[containerd.snapshotter]]\nname = {n:?}\npool = {pool:?}\n");
     }
     f.restart_with_toml(&toml).await;
-    let sockets: Vec<String> = names
+    let sockets: Vec<PathBuf> = names
         .iter()
-        .map(|n| {
-            let s = f.run_dir().join(format!("containerd-{n}.sock"));
-            assert!(s.exists(), "{test}: {} is not served", s.display());
-            s.to_str().unwrap().to_string()
-        })
+        .map(|n| f.run_dir().join(format!("containerd-{n}.sock")))
         .collect();
+    // The daemon owns its bus name (what restart waits for) before it binds
+    // the containerd sockets (src/main.rs: D-Bus, then containerd); in the
+    // VM that gap was 2 s.
+    let until = Instant::now() + deadline(Duration::from_secs(10));
+    while let Some(s) = sockets.iter().find(|s| !s.exists()) {
+        assert!(
+            Instant::now() < until,
+            "{test}: {} is not served",
+            s.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sockets: Vec<&str> = sockets.iter().map(|s| s.to_str().unwrap()).collect();
 
     // The suite's temporary directories (its mount points among them) go
     // under the fixture, whose teardown unmounts whatever is left there.
