@@ -100,6 +100,33 @@ fn verdicts(out: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
     (pass, fail, skip)
 }
 
+/// What a failed run leaves to look at besides the suite's output: how full
+/// the fixture's file system (and, on thin, the pool) is, and the kernel's
+/// last words (a mount's EIO is explained there).
+fn space_and_kernel_log(f: &Fixture) -> String {
+    let out = |cmd: &str, args: &[&str]| match Command::new(cmd).args(args).output() {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("{cmd}: {e}\n"),
+    };
+    let mut s = format!(
+        "----- space -----\nfixture file system: {} MiB of {} MiB used\n",
+        f.fs().used_bytes() / MIB,
+        IMAGE_SIZE / MIB
+    );
+    if f.backend.is_thin() {
+        s += &out("dmsetup", &["status", &format!("{}pool", f.dm_prefix())]);
+    }
+    let log = out("dmesg", &["--notime"]);
+    let lines: Vec<&str> = log.lines().collect();
+    s += "----- kernel log (tail) -----\n";
+    s += &lines[lines.len().saturating_sub(30)..].join("\n");
+    s
+}
+
 async fn run_suite(backend: Backend) {
     let test = format!("containerd_suite::{}", backend.name());
     let Some(bin) = suite_binary(&test) else {
@@ -157,11 +184,13 @@ async fn run_suite(backend: Backend) {
     );
     let (pass, fail, skip) = verdicts(&text);
     let shown = || format!("----- go test output -----\n{text}----- end of go test output -----");
+    let ok = out.status.success() && fail.is_empty() && !text.contains("--- FAIL");
     assert!(
-        out.status.success() && fail.is_empty() && !text.contains("--- FAIL"),
-        "{test}: containerd's testsuite failed ({}; failed: {fail:?})\n{}",
+        ok,
+        "{test}: containerd's testsuite failed ({}; failed: {fail:?})\n{}\n{}",
         out.status,
-        shown()
+        shown(),
+        space_and_kernel_log(&f)
     );
     assert_eq!(
         skip,
