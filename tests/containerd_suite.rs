@@ -109,6 +109,17 @@ fn verdicts(out: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
 /// What a failed run leaves to look at besides the suite's output: how full
 /// the fixture's file system (and, on thin, the pool) is, and the kernel's
 /// last words (a mount's EIO is explained there).
+/// The slowest subtest and its seconds, from `--- PASS: TestLayerd/x (1.23s)`.
+fn slowest(out: &str) -> Option<(String, f64)> {
+    out.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--- PASS: TestLayerd/"))
+        .filter_map(|rest| {
+            let (name, t) = rest.split_once(" (")?;
+            Some((name.to_string(), t.strip_suffix("s)")?.parse::<f64>().ok()?))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
 fn space_and_kernel_log(f: &Fixture) -> String {
     let out = |cmd: &str, args: &[&str]| match Command::new(cmd).args(args).output() {
         Ok(o) => format!(
@@ -119,7 +130,7 @@ fn space_and_kernel_log(f: &Fixture) -> String {
         Err(e) => format!("{cmd}: {e}\n"),
     };
     let size = nix::sys::statvfs::statvfs(&f.pool_path())
-        .map(|st| st.blocks() as u64 * st.fragment_size() as u64)
+        .map(|st| st.blocks() * st.fragment_size())
         .unwrap_or(0);
     let mut s = format!(
         "----- space -----\nfixture file system: {} MiB of {} MiB used\n",
@@ -220,13 +231,16 @@ async fn run_suite(backend: Backend) {
     );
     let _ = writeln!(
         std::io::stderr(),
-        "containerd-suite: {} {} passed, {} failed, {} skipped ({}: by the suite's design) in {:.1}s",
+        "containerd-suite: {} {} passed, {} failed, {} skipped ({}: by the suite's design) in {:.1}s{}",
         backend.name(),
         pass.len(),
         fail.len(),
         skip.len(),
         skip.join(", "),
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        slowest(&text)
+            .map(|(n, t)| format!(", slowest {n} {t:.1}s"))
+            .unwrap_or_default()
     );
     f.finish();
 }
