@@ -14,7 +14,9 @@
 # fails when a test failed, the VM reported nothing, or it ran out of time.
 #
 # Kernel-tier targets are tests/kernel_*.rs; their tests are #[ignore]d so
-# the host run lists them as ignored, and run here with --ignored.
+# the host run lists them as ignored, and run here with --ignored. Other
+# targets' kernel-tier tests are #[ignore]d too but get no --ignored by
+# themselves: scripts/test-kernel.sh containerd_suite --ignored --exact thin
 # Environment: LAYERD_VM_TIMEOUT (seconds, default 4500), LAYERD_VM_KERNEL
 # (a vmlinuz path; default the newest /boot/vmlinuz-*), LAYERD_VM_KEEP=1
 # keeps the results directory.
@@ -109,6 +111,17 @@ else
   echo "b conformance $(exe conformance) --test-threads=2 --exact vfs_xfs::basic vfs_ext4::basic" >>"$res/plan"
   ovl="basic transitivity remove_intermediate view_readonly layers_128 mounts_of_committed mount_spec_shapes restart_keeps_state"
   echo "b conformance-overlay $(exe conformance) --test-threads=2 --exact $(printf 'overlay_xfs::%s ' $ovl)" >>"$res/plan"
+  # containerd's own snapshotter testsuite on thin (its host backends run
+  # in the host tier).
+  echo "b containerd_suite $(exe containerd_suite) --ignored --exact thin" >>"$res/plan"
+fi
+# containerd_suite runs containerd's testsuite, a Go binary
+# (scripts/build-containerd-suite.sh; scripts/test.sh exports it): the VM
+# gets a copy, as it does the daemon's.
+if grep -q '^[a-z] containerd_suite ' "$res/plan"; then
+  suite=${LAYERD_CONTAINERD_SUITE:-$(scripts/build-containerd-suite.sh)}
+  cp "$suite" "$res/layerd-suite.test"
+  printf 'export LAYERD_CONTAINERD_SUITE=%q\n' "$res/layerd-suite.test" >>"$res/env"
 fi
 [ -s "$res/plan" ] || { echo "kernel tier: nothing to run" >&2; exit 1; }
 

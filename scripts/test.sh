@@ -22,6 +22,10 @@ t0=$(date +%s)
 scripts/install-deps.sh
 t1=$(date +%s)
 cargo build --locked --all-features --all-targets
+# containerd's snapshotter testsuite (Go; tests/containerd_suite.rs runs it
+# on the host and, for thin, in the kernel-tier VM): built once, cached.
+LAYERD_CONTAINERD_SUITE=$(scripts/build-containerd-suite.sh)
+export LAYERD_CONTAINERD_SUITE
 t2=$(date +%s)
 log=$(mktemp)
 klog=$(mktemp)

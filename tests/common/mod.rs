@@ -1522,12 +1522,7 @@ impl Fixture {
     /// An empty value drops a default key; a `path` replaces the pool
     /// directory (e.g. the data device of `backing = "device"`).
     pub async fn new_with(backend: Backend, extra: &[(&str, String)]) -> Option<Fixture> {
-        let name = if backend.is_thin() {
-            thin_pool_name()
-        } else {
-            "main".into()
-        };
-        Self::new_named(backend, extra, &name).await
+        Self::new_with_image(backend, extra, IMAGE_SIZE).await
     }
 
     /// Like [`Fixture::new_with`] with the pool named `pool_name`. A thin
@@ -1537,6 +1532,34 @@ impl Fixture {
         backend: Backend,
         extra: &[(&str, String)],
         pool_name: &str,
+    ) -> Option<Fixture> {
+        Self::build(backend, extra, pool_name, IMAGE_SIZE).await
+    }
+
+    /// Like [`Fixture::new_with`] on a loop-backed file system of
+    /// `image_size` bytes (sparse) instead of [`IMAGE_SIZE`]: for a thin
+    /// pool whose data file (sparse, `size`) must find room to grow. On the
+    /// default 512 MiB image a 2 GiB pool's writes fail with EIO ("critical
+    /// space allocation error" on its loop device) once the file system is
+    /// full, long before the pool is (containerd's testsuite got there).
+    pub async fn new_with_image(
+        backend: Backend,
+        extra: &[(&str, String)],
+        image_size: u64,
+    ) -> Option<Fixture> {
+        let name = if backend.is_thin() {
+            thin_pool_name()
+        } else {
+            "main".into()
+        };
+        Self::build(backend, extra, &name, image_size).await
+    }
+
+    async fn build(
+        backend: Backend,
+        extra: &[(&str, String)],
+        pool_name: &str,
+        image_size: u64,
     ) -> Option<Fixture> {
         if backend.skip(backend.name()) {
             return None;
@@ -1553,7 +1576,7 @@ impl Fixture {
         let path = dir.path().to_path_buf();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
         let pool_path = path.join("p");
-        let fs = Fs::new(backend.fs_kind(), &path.join("img"), &pool_path, IMAGE_SIZE)
+        let fs = Fs::new(backend.fs_kind(), &path.join("img"), &pool_path, image_size)
             .unwrap_or_else(|e| panic!("{}: file system fixture: {e}", backend.name()));
         let bus = Bus::start(&path).unwrap_or_else(|e| panic!("private bus: {e}"));
         let config = DaemonConfig {
