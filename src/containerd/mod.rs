@@ -104,10 +104,19 @@ fn prepare_dir(dir: &Path, gid: Option<nix::unistd::Gid>) -> io::Result<()> {
 }
 
 /// Binds `path`, replacing a socket left by an earlier run (never any other
-/// kind of file), then sets its mode: 0600, or 0660 owned by the group.
+/// kind of file, nor one that a live process still serves), then sets its
+/// mode: 0600, or 0660 owned by the group.
 fn bind(path: &Path, gid: Option<nix::unistd::Gid>) -> io::Result<UnixListener> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => fs::remove_file(path)?,
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process serves this socket (a second layerd on the same socket_dir?); not replaced",
+                ));
+            }
+            fs::remove_file(path)?
+        }
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -128,4 +137,23 @@ fn bind(path: &Path, gid: Option<nix::unistd::Gid>) -> io::Result<UnixListener> 
         None => fs::set_permissions(path, fs::Permissions::from_mode(0o600))?,
     }
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind;
+
+    #[tokio::test]
+    async fn a_live_socket_is_never_replaced_a_stale_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("containerd-main.sock");
+        let live = bind(&path, None).unwrap();
+        let e = bind(&path, None).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        drop(live); // the file stays behind, as after a crash
+        assert!(path.exists());
+        let _again = bind(&path, None).unwrap();
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        assert!(bind(&dir.path().join("f"), None).is_err());
+    }
 }
