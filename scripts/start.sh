@@ -62,5 +62,14 @@ Try:
   $BUSCTL call org.layerd.Layerd1 /org/layerd/Layerd1 org.layerd.Layerd1.Manager Prepare ssa{ss} app/1 base 0
   $BUSCTL call org.layerd.Layerd1 /org/layerd/Layerd1 org.layerd.Layerd1.Manager Walk as 1 'kind==committed'
   $BUSCTL get-property org.layerd.Layerd1 /org/layerd/Layerd1/pools/main org.layerd.Layerd1.Pool Health
+
+containerd: the pool is also containerd's proxy snapshotter on /run/layerd/containerd-main.sock.
+In /etc/containerd/config.toml (then restart containerd):
+  [proxy_plugins.layerd-main]
+    type = "snapshot"
+    address = "/run/layerd/containerd-main.sock"
+  ctr plugins ls | grep layerd-main
+  ctr images pull --snapshotter layerd-main docker.io/library/busybox:latest
+  ctr run --rm --snapshotter layerd-main docker.io/library/busybox:latest c1 echo hello
 Stop: scripts/start.sh stop
 EX
