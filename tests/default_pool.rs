@@ -71,6 +71,20 @@ impl World {
             "layerd-test",
             "/var/lib",
         ]);
+        // A run_dir of its own too: the built-in default's /run/layerd holds
+        // the containerd socket, which a second daemon (the other test of
+        // this file, running beside it) must not find served.
+        let run = layerd::config::DEFAULT_RUN_DIR;
+        fs::create_dir_all(run).expect("create the run_dir mount point");
+        w.nsenter(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "mode=0700",
+            "layerd-test-run",
+            run,
+        ]);
         w
     }
 
