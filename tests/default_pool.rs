@@ -23,6 +23,10 @@ use common::*;
 /// A private mount namespace with a tmpfs over `/var/lib`, and the daemon
 /// started in it with no `--config`.
 struct World {
+    /// One World at a time: each daemon has a tmpfs over /run/layerd in its
+    /// namespace, and removing the host's empty /run/layerd (made_run_dir)
+    /// would detach another namespace's mount on it.
+    _one: std::sync::MutexGuard<'static, ()>,
     dir: tempfile::TempDir,
     holder: Child,
     daemon: Option<Child>,
@@ -33,6 +37,8 @@ struct World {
 
 impl World {
     fn new() -> World {
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one = ONE.lock().unwrap_or_else(|p| p.into_inner());
         assert!(
             !Path::new(layerd::config::DEFAULT_CONFIG_PATH).exists(),
             "{} exists: this test needs a host without a layerd config",
@@ -56,6 +62,7 @@ impl World {
             std::thread::sleep(Duration::from_millis(20));
         }
         let w = World {
+            _one: one,
             dir,
             holder,
             daemon: None,
@@ -71,9 +78,8 @@ impl World {
             "layerd-test",
             "/var/lib",
         ]);
-        // A run_dir of its own too: the built-in default's /run/layerd holds
-        // the containerd socket, which a second daemon (the other test of
-        // this file, running beside it) must not find served.
+        // A run_dir of its own too, so that nothing of a daemon (its
+        // containerd socket, its mounts) is left on the host's /run/layerd.
         let run = layerd::config::DEFAULT_RUN_DIR;
         fs::create_dir_all(run).expect("create the run_dir mount point");
         w.nsenter(&[
