@@ -213,7 +213,7 @@ async fn each_socket_is_one_key_space_and_dbus_sees_it() {
     ))
     .await;
     let a = Snapshots::connect(&f.containerd_socket()).await;
-    let b = Snapshots::connect(&f.run_dir().join("containerd-k8s.sock")).await;
+    let b = Snapshots::connect(&f.containerd_socket_named("k8s")).await;
     // The same keys on both sockets are two layers.
     for s in [&a, &b] {
         s.prepare("t", "", HashMap::new()).await.expect("Prepare t");

@@ -167,10 +167,7 @@ async fn run_suite(backend: Backend) {
         toml += &format!("[[containerd.snapshotter]]\nname = {n:?}\npool = {pool:?}\n");
     }
     f.restart_with_toml(&toml).await;
-    let sockets: Vec<PathBuf> = names
-        .iter()
-        .map(|n| f.run_dir().join(format!("containerd-{n}.sock")))
-        .collect();
+    let sockets: Vec<PathBuf> = names.iter().map(|n| f.containerd_socket_named(n)).collect();
     // The daemon binds its containerd sockets before it takes its bus name
     // (what restart waits for; src/main.rs), so they are all there now.
     for s in &sockets {

@@ -12,6 +12,11 @@ use containerd_snapshots::tonic::{Code, Status};
 
 pub use containerd_snapshots::api::snapshots::v1::Info;
 
+/// The mount types of a reply, what the tests compare.
+fn types(mounts: Vec<containerd_snapshots::api::types::Mount>) -> Vec<String> {
+    mounts.into_iter().map(|m| m.r#type).collect()
+}
+
 /// One long-lived connection to one socket.
 #[derive(Clone)]
 pub struct Snapshots(SnapshotsClient<Channel>);
@@ -45,12 +50,7 @@ impl Snapshots {
             parent: parent.into(),
             labels,
         });
-        Ok(r.await?
-            .into_inner()
-            .mounts
-            .into_iter()
-            .map(|m| m.r#type)
-            .collect())
+        Ok(types(r.await?.into_inner().mounts))
     }
 
     pub async fn view(&self, key: &str, parent: &str) -> R<Vec<String>> {
@@ -61,12 +61,7 @@ impl Snapshots {
             parent: parent.into(),
             labels: HashMap::new(),
         });
-        Ok(r.await?
-            .into_inner()
-            .mounts
-            .into_iter()
-            .map(|m| m.r#type)
-            .collect())
+        Ok(types(r.await?.into_inner().mounts))
     }
 
     pub async fn commit(&self, name: &str, key: &str) -> R<()> {
@@ -104,12 +99,7 @@ impl Snapshots {
             snapshotter: String::new(),
             key: key.into(),
         });
-        Ok(r.await?
-            .into_inner()
-            .mounts
-            .into_iter()
-            .map(|m| m.r#type)
-            .collect())
+        Ok(types(r.await?.into_inner().mounts))
     }
 
     pub async fn update(

@@ -1659,8 +1659,11 @@ impl Fixture {
     /// The containerd socket layerd serves for the default pool with no
     /// `[containerd]` config: `<run_dir>/containerd-<pool>.sock`.
     pub fn containerd_socket(&self) -> PathBuf {
-        self.run_dir()
-            .join(format!("containerd-{}.sock", self.pool_name))
+        self.containerd_socket_named(&self.pool_name)
+    }
+    /// The socket of snapshotter `name` in run_dir.
+    pub fn containerd_socket_named(&self, name: &str) -> PathBuf {
+        self.run_dir().join(format!("containerd-{name}.sock"))
     }
     pub fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().unwrap()
