@@ -9,12 +9,19 @@
 //! is durable (one fsync); intents written before a kernel step may be
 //! non-durable because recovery treats a missing intent the same as a
 //! rolled-back one (see engine/recovery.rs).
+//!
+//! A store written by a layerd on redb 2 (file format v2, schema 1) is
+//! rewritten into the current format once, at open (`store/upgrade.rs`).
+//! Keys are plain integers, strings and byte strings: no tuples, whose
+//! encoding redb changed in 3.0 and stopped reading in 4.0.
 
-use std::path::Path;
+mod upgrade;
+
+use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, Durability, MultimapTableDefinition, ReadableMultimapTable, ReadableTable,
-    ReadableTableMetadata, TableDefinition,
+    Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable,
+    ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,13 +37,27 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// storage and this store belong together.
 const POOL_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("pool_tokens");
 
-/// (pool name, operation) → the last maintenance run of that kind on that
-/// pool ([`LastRun`] as JSON), so LastTrim/LastBalance survive restarts.
-const LAST_RUNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("last_runs");
+/// [`last_run_key`]`(pool name, operation)` → the last maintenance run of
+/// that kind on that pool ([`LastRun`] as JSON), so LastTrim/LastBalance
+/// survive restarts.
+const LAST_RUNS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("last_runs");
 
 const NEXT_ID: &str = "next_id";
 const SCHEMA: &str = "schema";
-const SCHEMA_VERSION: u64 = 1;
+/// 1: redb 2, `last_runs` keyed by a `(&str, &str)` tuple; 2: the current
+/// redb, `last_runs` keyed by [`last_run_key`].
+const SCHEMA_VERSION: u64 = 2;
+
+/// A `last_runs` key: the pool name's length (4 bytes, big-endian), the
+/// pool name, the operation. Our own encoding, so no redb release can
+/// change it.
+fn last_run_key(pool: &str, operation: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + pool.len() + operation.len());
+    key.extend_from_slice(&(pool.len() as u32).to_be_bytes());
+    key.extend_from_slice(pool.as_bytes());
+    key.extend_from_slice(operation.as_bytes());
+    key
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +71,16 @@ pub enum StoreError {
     },
     #[error("store schema {found} is newer than this layerd understands ({SCHEMA_VERSION})")]
     Schema { found: u64 },
+    /// Schema 1 was only ever written in redb 2's file format, which the
+    /// upgrade reads; one in the current format was not made by layerd.
+    #[error("store schema {found} in redb's current file format was not written by layerd: cannot upgrade it")]
+    OldSchema { found: u64 },
+    #[error("upgrading the store {path} from redb 2's file format: {source}")]
+    Upgrade {
+        path: PathBuf,
+        #[source]
+        source: Box<upgrade::UpgradeError>,
+    },
 }
 
 macro_rules! from_redb {
@@ -64,7 +95,8 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -100,7 +132,16 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path)?;
+        let db = match Database::create(path) {
+            Err(redb::DatabaseError::UpgradeRequired(_)) => {
+                upgrade::from_redb2(path).map_err(|e| StoreError::Upgrade {
+                    path: path.to_path_buf(),
+                    source: Box::new(e),
+                })?;
+                Database::create(path)?
+            }
+            db => db?,
+        };
         let tx = db.begin_write()?;
         {
             tx.open_table(LAYERS)?;
@@ -118,6 +159,7 @@ impl Store {
                     meta.insert(NEXT_ID, 1)?;
                 }
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::Schema { found: v }),
+                Some(v) if v < SCHEMA_VERSION => return Err(StoreError::OldSchema { found: v }),
                 Some(_) => {}
             }
         }
@@ -140,7 +182,8 @@ impl Store {
             Durability::Immediate
         } else {
             Durability::None
-        });
+        })
+        .map_err(StoreError::from)?;
         let wtx = WriteTx { tx };
         let out = f(&wtx)?;
         wtx.tx.commit().map_err(StoreError::from)?;
@@ -248,7 +291,7 @@ macro_rules! reads {
         /// The last `operation` run on `pool`, if any was recorded.
         pub fn last_run(&self, pool: &str, operation: &str) -> Result<Option<LastRun>> {
             let t = self.tx.open_table(LAST_RUNS)?;
-            let v = t.get((pool, operation))?;
+            let v = t.get(last_run_key(pool, operation).as_slice())?;
             Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
         }
 
@@ -342,7 +385,7 @@ impl WriteTx {
     pub fn set_last_run(&self, pool: &str, operation: &str, run: &LastRun) -> Result<()> {
         let mut t = self.tx.open_table(LAST_RUNS)?;
         let bytes = serde_json::to_vec(run).unwrap_or_default();
-        t.insert((pool, operation), bytes.as_slice())?;
+        t.insert(last_run_key(pool, operation).as_slice(), bytes.as_slice())?;
         Ok(())
     }
 
