@@ -235,7 +235,7 @@ fn fill(dir: &Path, mnt: &Path) -> u32 {
             }
             Err(e) => panic!("write {}: {e}", f.display()),
         }
-        if files % 8 == 0 {
+        if files.is_multiple_of(8) {
             let s = summary(mnt);
             if s.unallocated < 16 * MIB && s.data_total.saturating_sub(s.data_used) < 16 * MIB {
                 break;

@@ -41,7 +41,7 @@ pub fn show_size(b: u64) -> String {
         (20, "M"),
         (10, "K"),
     ] {
-        if b >= 1 << shift && b % (1 << shift) == 0 {
+        if b >= 1 << shift && b.is_multiple_of(1 << shift) {
             return format!("{}{unit}", b >> shift);
         }
     }
