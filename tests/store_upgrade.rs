@@ -9,6 +9,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+#[path = "fixtures/store_v2/contents.rs"]
+mod contents;
+
+use std::io::Read;
+
 use layerd::engine::store::{LastRun, MountRef, Store};
 use layerd::engine::types::{Kind, LayerRecord, State};
 use redb2::{MultimapTableDefinition, ReadableTableMetadata, TableDefinition};
@@ -282,6 +287,44 @@ fn a_redb2_store_opens_with_every_row() {
             Ok(())
         })
         .unwrap();
+}
+
+/// The fixture layerd on redb 2 itself wrote
+/// (`scripts/make-store-v2-fixture.sh`).
+#[test]
+fn a_store_written_by_layerd_on_redb2_opens_with_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layerd.redb");
+    let gz = std::fs::File::open(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/store_v2/layerd.redb.gz"
+    ))
+    .unwrap();
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    assert!(
+        matches!(
+            redb::Database::open(&path),
+            Err(redb::DatabaseError::UpgradeRequired(2))
+        ),
+        "the fixture is not in redb 2's file format v2"
+    );
+    let store = Store::open(&path).unwrap();
+    contents::check(&store);
+    drop(store);
+    contents::check(&Store::open(&path).unwrap());
+}
+
+/// The fixture's rows, written by today's layerd, read back the same.
+#[test]
+fn the_fixture_rows_round_trip_in_a_current_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("layerd.redb")).unwrap();
+    contents::write(&store);
+    contents::check(&store);
 }
 
 #[test]
