@@ -114,6 +114,9 @@ else
   # containerd's own snapshotter testsuite on thin (its host backends run
   # in the host tier).
   echo "b containerd_suite $(exe containerd_suite) --ignored --exact thin" >>"$res/plan"
+  # The in-process backend suite (tests/backend) on thin: the Backend trait
+  # driven directly, no daemon (~115 s; lane b has room beside lane a).
+  echo "b backend $(exe backend) --ignored --test-threads=2 thin::" >>"$res/plan"
 fi
 # containerd_suite runs containerd's testsuite, a Go binary
 # (scripts/build-containerd-suite.sh; scripts/test.sh exports it): the VM
