@@ -28,7 +28,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("src/dbus/manager.rs", "sys"),
     ("src/containerd/snapshotter.rs", "sys"),
     ("src/containerd/mod.rs", "sys"),
-    ("src/config/creation.rs", "backend"),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -185,12 +185,9 @@ pub struct Btrfs {
     device: PathBuf,
 }
 
-/// The image of a loop pool mounted at `mount`: `<mount>.img`.
-pub fn image_path(mount: &Path) -> PathBuf {
-    let mut s = mount.as_os_str().to_owned();
-    s.push(".img");
-    PathBuf::from(s)
-}
+// Config checks the image before the pool exists, so the name is a shared
+// word; tests and bench reach it here.
+pub use crate::shared::image::image_path;
 
 fn unusable(path: &Path, why: impl Into<String>) -> BackendError {
     BackendError::Unusable {

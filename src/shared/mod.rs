@@ -4,6 +4,7 @@
 
 pub mod device;
 pub mod error;
+pub mod image;
 pub mod layer;
 pub mod size;
 pub mod sync;
