@@ -191,7 +191,7 @@ impl InProc {
         key: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), String> {
-        let now = layerd::engine::types::now_us();
+        let now = layerd::shared::time::now_us();
         let mut rec = LayerRecord {
             id: 0,
             pool: "main".into(),

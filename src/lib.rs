@@ -12,4 +12,5 @@ pub mod engine;
 pub mod logging;
 pub mod maintenance;
 pub mod monitor;
+pub mod shared;
 pub mod sys;

@@ -135,7 +135,7 @@ use crate::backend::dirpool::remove_all_if_exists;
 use crate::backend::{
     Backend, BackendError, BalanceOptions, DiffTree, Found, JobControl, LayerRef, Space,
 };
-use crate::engine::types::Kind;
+use crate::shared::layer::Kind;
 use crate::sys::btrfs as sys;
 use crate::sys::loopdev;
 use crate::sys::mount::{self, MountSpec};
@@ -185,12 +185,9 @@ pub struct Btrfs {
     device: PathBuf,
 }
 
-/// The image of a loop pool mounted at `mount`: `<mount>.img`.
-pub fn image_path(mount: &Path) -> PathBuf {
-    let mut s = mount.as_os_str().to_owned();
-    s.push(".img");
-    PathBuf::from(s)
-}
+// Config checks the image before the pool exists, so the name is a shared
+// word; tests and bench reach it here.
+pub use crate::shared::image::image_path;
 
 fn unusable(path: &Path, why: impl Into<String>) -> BackendError {
     BackendError::Unusable {
@@ -752,7 +749,7 @@ impl Backend for Btrfs {
         if exists(&dest) {
             dest = self
                 .trash()
-                .join(format!("{id}-{}", crate::engine::types::now_us()));
+                .join(format!("{id}-{}", crate::shared::time::now_us()));
         }
         match fs::rename(&path, &dest) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -898,7 +895,7 @@ impl Backend for Btrfs {
         let dest = self
             .root
             .join(QUARANTINE)
-            .join(format!("{base}-{}", crate::engine::types::now_us()));
+            .join(format!("{base}-{}", crate::shared::time::now_us()));
         let ro = sys::is_subvolume(what).unwrap_or(false) && sys::readonly(what).unwrap_or(false);
         if ro {
             sys::set_readonly(what, false)
@@ -1050,7 +1047,7 @@ impl Backend for Btrfs {
 
     /// Every device of the file system (a `device` backing's, the loop
     /// device of a `loop` one, those of an `existing` btrfs).
-    fn backing_devices(&self) -> Vec<crate::backend::BackingDevice> {
+    fn backing_devices(&self) -> Vec<crate::shared::device::BackingDevice> {
         let devs = match sys::devices(&self.root) {
             Ok(d) => d,
             Err(e) => {
@@ -1065,7 +1062,7 @@ impl Backend for Btrfs {
                     nix::sys::stat::major(r) as u32,
                     nix::sys::stat::minor(r) as u32,
                 );
-                Some(crate::backend::BackingDevice {
+                Some(crate::shared::device::BackingDevice {
                     role: "device",
                     major,
                     minor,

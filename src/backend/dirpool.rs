@@ -148,7 +148,7 @@ impl DirPool {
             } else {
                 base
             },
-            crate::engine::types::now_us()
+            crate::shared::time::now_us()
         ));
         fs::rename(what, &dest).map_err(|e| BackendError::io("quarantine (rename)", what, e))?;
         Ok(dest)

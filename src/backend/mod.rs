@@ -19,8 +19,9 @@ pub mod vfs;
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::error::ErrorKind;
-use crate::engine::types::Kind;
+use crate::shared::device::BackingDevice;
+use crate::shared::error::ErrorKind;
+use crate::shared::layer::Kind;
 use crate::sys::mount::MountSpec;
 
 /// What a backend reports of its space.
@@ -77,18 +78,6 @@ impl JobControl {
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(std::sync::atomic::Ordering::Relaxed)
     }
-}
-
-/// A block device a pool's storage sits on, which the monitor watches
-/// through udev: growth is taken up, disappearance fails the pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackingDevice {
-    /// What the pool uses it for: `data`, `metadata`, `device`.
-    pub role: &'static str,
-    pub major: u32,
-    pub minor: u32,
-    /// Kernel name (`sdb`, `loop3`) when the pool was opened.
-    pub name: String,
 }
 
 /// Usage filters of one balance pass, in percent (btrfs `-dusage`, `-musage`).

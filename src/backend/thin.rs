@@ -133,7 +133,7 @@ use devicemapper::{
 };
 
 use crate::backend::{Backend, BackendError, Found, JobControl, LayerRef, Space};
-use crate::engine::types::Kind;
+use crate::shared::layer::Kind;
 use crate::sys::blockdev;
 use crate::sys::loopdev;
 use crate::sys::mount::{self, MountSpec};
@@ -573,7 +573,7 @@ impl Thin {
 
     /// Deletes a thin id from the pool; deleting an absent id is no error.
     fn delete_thin(&self, thin: u32) -> Result<(), BackendError> {
-        let _g = crate::engine::lock(&self.lock);
+        let _g = crate::shared::sync::lock(&self.lock);
         match self.message(&format!("delete {thin}")) {
             Ok(()) => Ok(()),
             Err(e) if dm_errno(&e) == Some(libc::ENODATA) => Ok(()),
@@ -584,7 +584,7 @@ impl Thin {
     /// The base device: created once (thin id 0) with an empty file system.
     fn ensure_base(&self) -> Result<(), BackendError> {
         {
-            let _g = crate::engine::lock(&self.lock);
+            let _g = crate::shared::sync::lock(&self.lock);
             match self.message(&format!("create_thin {BASE_ID}")) {
                 Ok(()) => tracing::info!(pool = %self.name, "base thin device created"),
                 Err(e) if dm_errno(&e) == Some(libc::EEXIST) => {}
@@ -760,7 +760,7 @@ impl Thin {
 impl Thin {
     /// Records (`pending`) or forgets a deferred removal, durably.
     fn set_pending(&self, id: u64, pending: bool) -> Result<(), BackendError> {
-        let mut set = crate::engine::lock(&self.pending);
+        let mut set = crate::shared::sync::lock(&self.pending);
         let changed = if pending {
             set.insert(id)
         } else {
@@ -775,7 +775,10 @@ impl Thin {
     /// Finishes removals left deferred whose devices are gone by now
     /// (discard, delete the thin id).
     fn finish_pending(&self) -> Result<(), BackendError> {
-        let pending: Vec<u64> = crate::engine::lock(&self.pending).iter().copied().collect();
+        let pending: Vec<u64> = crate::shared::sync::lock(&self.pending)
+            .iter()
+            .copied()
+            .collect();
         for id in pending {
             if !self.is_active(&self.layer_name(id)) {
                 self.destroy(id)?;
@@ -800,7 +803,7 @@ impl Thin {
                 return None;
             }
         };
-        let _g = crate::engine::lock(&self.lock);
+        let _g = crate::shared::sync::lock(&self.lock);
         if self.message("reserve_metadata_snap").is_err() {
             // One left reserved by a crash while it was held.
             let _ = self.message("release_metadata_snap");
@@ -1051,7 +1054,7 @@ impl Thin {
         let (Some(files), Some(auto)) = (&self.files, &self.auto) else {
             return Ok(None);
         };
-        let _l = crate::engine::lock(&self.lock);
+        let _l = crate::shared::sync::lock(&self.lock);
         // Several samplers (dm events, the timer, requests) may ask at
         // once: grow only what is still at the warning level.
         let ThinPoolStatus::Working(w) = self.pool_status()? else {
@@ -1233,7 +1236,7 @@ impl Thin {
         if self.backing == "existing" {
             return Ok(None);
         }
-        let _l = crate::engine::lock(&self.lock);
+        let _l = crate::shared::sync::lock(&self.lock);
         for suffix in ["meta", "data"] {
             let (dev, len) = self.linear_of(suffix)?;
             let now = blockdev::sectors_of_devno(dev.major, dev.minor).map_err(|e| {
@@ -1314,7 +1317,7 @@ impl Backend for Thin {
         let add = bytes
             .div_ceil(self.block_size)
             .saturating_mul(self.block_size);
-        let _l = crate::engine::lock(&self.lock);
+        let _l = crate::shared::sync::lock(&self.lock);
         let cur = file_len(&files.data)?;
         let new = cur.checked_add(add).ok_or_else(|| {
             BackendError::NotSupported(format!("{cur} + {add} bytes is too large"))
@@ -1326,7 +1329,7 @@ impl Backend for Thin {
         Ok(add)
     }
 
-    fn backing_devices(&self) -> Vec<crate::backend::BackingDevice> {
+    fn backing_devices(&self) -> Vec<crate::shared::device::BackingDevice> {
         if self.backing == "existing" {
             return Vec::new();
         }
@@ -1337,7 +1340,7 @@ impl Backend for Thin {
                     .linear_of(suffix)
                     .map_err(|e| tracing::warn!(pool = %self.name, error = %e, "cannot watch a backing device"))
                     .ok()?;
-                Some(crate::backend::BackingDevice {
+                Some(crate::shared::device::BackingDevice {
                     role,
                     major: dev.major,
                     minor: dev.minor,
@@ -1369,7 +1372,7 @@ impl Backend for Thin {
             None => (BASE_ID, self.base_name()),
         };
         {
-            let _g = crate::engine::lock(&self.lock);
+            let _g = crate::shared::sync::lock(&self.lock);
             // An active origin is suspended around the snapshot so its
             // in-flight writes are in it (kernel thin-provisioning.rst).
             let suspended = match DmName::new(&origin_name) {
@@ -1512,7 +1515,7 @@ impl Backend for Thin {
         // a thin id's creation and its activation: the metadata knows them.
         ids.extend(self.metadata_thin_ids().unwrap_or_default());
         // Removed, waiting for their holders: not for the engine to judge.
-        let pending = crate::engine::lock(&self.pending);
+        let pending = crate::shared::sync::lock(&self.pending);
         Ok(ids
             .into_iter()
             .filter(|id| !pending.contains(id))

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::dirpool::DirPool;
 use crate::backend::{Backend, BackendError, DiffTree, Found, JobControl, LayerRef, Space};
-use crate::engine::types::Kind;
+use crate::shared::layer::Kind;
 use crate::sys::copytree::{copy_tree, tree_usage};
 use crate::sys::mount::{self, MountSpec};
 

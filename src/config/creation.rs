@@ -147,7 +147,7 @@ pub fn check_loop_host(pool: &PoolConfig) -> Result<(), KeyProblem> {
         }
     }
     if pool.driver == Driver::Btrfs {
-        let image = crate::backend::btrfs::image_path(path);
+        let image = crate::shared::image::image_path(path);
         match fs::symlink_metadata(&image) {
             Ok(m) if !m.is_file() => {
                 return Err((

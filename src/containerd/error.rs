@@ -3,7 +3,8 @@
 
 use containerd_snapshots::tonic::{Code, Status};
 
-use crate::engine::error::{Error, ErrorKind};
+use crate::engine::error::Error;
+use crate::shared::error::ErrorKind;
 
 /// The code for each engine error kind. Where D-Bus and containerd differ:
 /// - a parent that is not committed is InvalidArgument, as containerd's

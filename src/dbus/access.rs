@@ -31,7 +31,7 @@ impl Access {
         let sender = hdr.sender().ok_or_else(|| {
             DbusError::AccessDenied(format!("{method}: the message has no sender"))
         })?;
-        let cached = crate::engine::lock(&self.uids)
+        let cached = crate::shared::sync::lock(&self.uids)
             .get(sender.as_str())
             .copied();
         let uid = match cached {
@@ -54,7 +54,7 @@ impl Access {
                             "{method}: cannot tell who the caller is: {e}"
                         ))
                     })?;
-                let mut cache = crate::engine::lock(&self.uids);
+                let mut cache = crate::shared::sync::lock(&self.uids);
                 if cache.len() >= CACHE_MAX {
                     cache.clear();
                 }

@@ -1,7 +1,8 @@
 //! The one place engine errors become D-Bus errors. Names are stable API:
 //! clients branch on them, so a kind never changes name.
 
-use crate::engine::error::{Error, ErrorKind};
+use crate::engine::error::Error;
+use crate::shared::error::ErrorKind;
 
 /// Errors as clients see them: `org.layerd.Layerd1.Error.<Variant>`, with a
 /// message a person can act on.

@@ -9,7 +9,7 @@
 //! device; nothing is removed or rewritten, so once the device is back a
 //! restart adopts the pool as it was.
 
-use crate::backend::BackingDevice;
+use crate::shared::device::BackingDevice;
 
 use super::{lock, Engine};
 

@@ -4,21 +4,8 @@
 
 use crate::backend::BackendError;
 use crate::engine::store::StoreError;
-use crate::engine::types::Kind;
-
-/// The nine error kinds of the D-Bus contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    NotFound,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    PoolFull,
-    Busy,
-    NotSupported,
-    AccessDenied,
-    Internal,
-}
+use crate::shared::error::ErrorKind;
+use crate::shared::layer::Kind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

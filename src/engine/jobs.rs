@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 use crate::backend::{BackendError, BalanceOptions, JobControl};
 use crate::engine::error::{Error, Result};
 use crate::engine::store::LastRun;
-use crate::engine::types::{now_us, Event, Health};
+use crate::engine::types::{Event, Health};
 use crate::engine::{lock, Backing, Driver, Engine};
+use crate::shared::time::now_us;
 
 pub type JobId = u64;
 
@@ -685,7 +686,7 @@ fn test_delay(_ctl: &JobControl) {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::error::ErrorKind;
+    use crate::shared::error::ErrorKind;
 
     fn balance() -> JobKind {
         JobKind::Balance(BalanceRequest::default())

@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 use super::error::{Error, Result};
 use super::filters::{Adaptor, Filter};
 use super::store::{MountRef, WriteTx};
-use super::types::{now_us, Kind, LayerInfo, LayerRecord, State};
+use super::types::{Kind, LayerInfo, LayerRecord, State};
 use super::{chain, fault, layer_ref, lock, validate, Engine};
+use crate::shared::time::now_us;
 use crate::sys::mount::MountSpec;
 
 /// The longest a Prepare or View below the free-space minimum waits for

@@ -32,7 +32,10 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::broadcast;
 
 use crate::backend::{self, Backend, LayerRef};
-use error::{Error, ErrorKind, Result};
+// Engine code (and diff/) says `lock`; the helper lives in the shared leaf.
+use crate::shared::error::ErrorKind;
+pub(crate) use crate::shared::sync::lock;
+use error::{Error, Result};
 use store::Store;
 use types::{Event, Health, LayerRecord, PoolStatus};
 
@@ -682,12 +685,6 @@ fn open_backend(
             Ok(Box::new(Thin::open(&spec.name, &opts)?))
         }
     }
-}
-
-/// A poisoned lock only means another request panicked; the data it
-/// guards (status numbers, a unit) is still consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Ancestor ids of `rec`, nearest first.

@@ -3,35 +3,10 @@
 //! listen to.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Layer kinds, as containerd names them. `Active` → `Committed` is the only
-/// transition; a `View` is never committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Active,
-    View,
-    Committed,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Active => "active",
-            Kind::View => "view",
-            Kind::Committed => "committed",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::shared::layer::Kind;
 
 /// Where a record is in its life. Anything but `Ready` is an intent: a
 /// kernel-side step that was recorded before it ran and that start-up
@@ -161,12 +136,4 @@ pub enum Event {
     /// A finished job was forgotten (see engine/jobs.rs for how long
     /// finished jobs are kept); its object goes away.
     JobRemoved(u64),
-}
-
-/// Current time in µs since the epoch.
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }

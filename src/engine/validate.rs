@@ -43,7 +43,7 @@ pub fn size_label(labels: &BTreeMap<String, String>) -> Result<Option<u64>> {
     };
     let bad =
         |why: String| Error::InvalidArgument(format!("label {name}={:?}: {why}", truncate(v, 64)));
-    match crate::config::parse_size(v) {
+    match crate::shared::size::parse_size(v) {
         Ok(0) => Err(bad("a layer's size limit must be more than 0".into())),
         Ok(n) => Ok(Some(n)),
         Err(e) => Err(bad(e)),

@@ -15,8 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::BackingDevice;
 use crate::engine::Engine;
+use crate::shared::device::BackingDevice;
 
 /// How often the thread also looks at every watched device without an
 /// event: a lost event (socket overrun) must not hide a vanished device.

@@ -29,10 +29,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{Mode, OFlags};
 
-use super::error::{Error, ErrorKind, Result};
-use super::types::{now_us, Kind, LayerRecord, State};
+use super::error::{Error, Result};
+use super::types::{Kind, LayerRecord, State};
 use super::{layer_ref, Engine};
 use crate::backend::{BackendError, DiffTree, LayerRef};
+use crate::shared::error::ErrorKind;
+use crate::shared::time::now_us;
 use crate::sys::mount;
 
 /// The label a failed Apply leaves on its layer.
