@@ -780,7 +780,7 @@ impl Backend for Btrfs {
             freed += if sys::is_subvolume(&path).unwrap_or(false) {
                 sys::exclusive_usage(&path).map(|c| c.bytes).unwrap_or(0)
             } else {
-                crate::sys::copytree::tree_usage(&path)
+                crate::sys::fstree::tree_usage(&path)
                     .map(|(b, _)| b)
                     .unwrap_or(0)
             };

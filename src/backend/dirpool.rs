@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::backend::{BackendError, Found, JobControl, Space};
-use crate::sys::copytree::tree_usage;
+use crate::sys::fstree::tree_usage;
 use crate::sys::private;
 
 const WORK: &str = "w";

@@ -269,7 +269,7 @@ pub enum BackendError {
     #[error(transparent)]
     Mount(#[from] crate::sys::mount::MountError),
     #[error(transparent)]
-    Copy(#[from] crate::sys::copytree::CopyError),
+    Copy(#[from] crate::sys::fstree::CopyError),
     #[error("{0}")]
     NotSupported(String),
     #[error("pool storage at {path} is unusable: {why}")]

@@ -27,7 +27,7 @@ use tracing::info;
 use crate::backend::dirpool::{remove_all_if_exists, DirPool};
 use crate::backend::{Backend, BackendError, DiffTree, Found, JobControl, LayerRef, Space};
 use crate::shared::layer::Kind;
-use crate::sys::copytree::tree_usage;
+use crate::sys::fstree::tree_usage;
 use crate::sys::mount::{self, max_mount_data, MountSpec};
 use crate::sys::mountinfo;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::backend::dirpool::DirPool;
 use crate::backend::{Backend, BackendError, DiffTree, Found, JobControl, LayerRef, Space};
 use crate::shared::layer::Kind;
-use crate::sys::copytree::{copy_tree, tree_usage};
+use crate::sys::fstree::{copy_tree, tree_usage};
 use crate::sys::mount::{self, MountSpec};
 
 pub struct Vfs {

@@ -6,11 +6,14 @@
 //!
 //! Callers hold directory descriptors and act on single names with the
 //! `*at` syscalls; a full path is never handed to a path-taking syscall.
+//! Metadata and xattrs of what they find come from `sys::fstree`.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags};
+
+use super::fstree;
 
 /// The resolution rules of this module.
 pub fn resolve_flags() -> ResolveFlags {
@@ -101,72 +104,12 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut names = Vec::new();
-    let mut d = rfs::Dir::read_from(&fd)?;
-    while let Some(entry) = d.read() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        names.push(name.to_vec());
-    }
+    let mut names: Vec<Vec<u8>> = fstree::read_names(fd.as_fd())?
+        .into_iter()
+        .map(|n| n.into_bytes())
+        .collect();
     names.sort();
     Ok(names)
-}
-
-/// The `/proc/self/fd/N/name` path of a name in an open directory, for the
-/// few calls that have no `*at` form (xattrs on symlinks and devices). The
-/// magic link is the directory already resolved; `name` is one component.
-pub fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
-    use std::os::fd::AsRawFd;
-    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-    p.extend_from_slice(name);
-    p
-}
-
-/// Extended attributes of one name in `dir` (not following symlinks),
-/// sorted by name.
-pub fn xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let path = proc_path(dir, name);
-    let mut buf = vec![0u8; 1024];
-    let len = loop {
-        match rfs::llistxattr(path.as_slice(), &mut buf[..]) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => buf.resize(buf.len() * 4, 0),
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let mut out = Vec::new();
-    for n in buf[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let mut v = vec![0u8; 256];
-        let vlen = loop {
-            match rfs::lgetxattr(path.as_slice(), n, &mut v[..]) {
-                Ok(l) => break Some(l),
-                Err(rustix::io::Errno::RANGE) => v.resize(v.len() * 4, 0),
-                Err(rustix::io::Errno::NODATA) => break None,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if let Some(l) = vlen {
-            v.truncate(l);
-            out.push((n.to_vec(), v));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Sets one extended attribute on a name in `dir`, not following symlinks.
-pub fn set_xattr_at(dir: BorrowedFd<'_>, name: &[u8], key: &[u8], value: &[u8]) -> io::Result<()> {
-    let path = proc_path(dir, name);
-    Ok(rfs::lsetxattr(
-        path.as_slice(),
-        key,
-        value,
-        rfs::XattrFlags::empty(),
-    )?)
 }
 
 #[cfg(test)]

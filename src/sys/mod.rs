@@ -5,9 +5,9 @@
 pub mod beneath;
 pub mod blockdev;
 pub mod btrfs;
-pub mod copytree;
 pub mod dmevent;
 pub mod dmioctl;
+pub mod fstree;
 pub mod host;
 pub mod loopdev;
 pub mod mount;

@@ -27,7 +27,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timesta
 
 use super::input::Input;
 use super::{DiffError, TreeMode};
-use crate::sys::beneath;
+use crate::sys::{beneath, fstree};
 
 const WH_PREFIX: &[u8] = b".wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
@@ -512,7 +512,7 @@ impl Applier {
             if !self.xattr_allowed(k) {
                 continue;
             }
-            beneath::set_xattr_at(pd, name, k, v).map_err(|e| DiffError::xattr(shown, k, e))?;
+            fstree::set_xattr_at(pd, name, k, v).map_err(|e| DiffError::xattr(shown, k, e))?;
         }
         Ok(())
     }

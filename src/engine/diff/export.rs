@@ -32,7 +32,7 @@ use rustix::fs::{self as rfs, OFlags};
 
 use super::apply::OPAQUE_XATTR;
 use super::DiffError;
-use crate::sys::beneath;
+use crate::sys::{beneath, fstree};
 
 /// Counts what reaches the output, and remembers whether writing to it
 /// failed (so that an error is told apart from one reading the layer,
@@ -55,7 +55,7 @@ impl<W: Write> Write for Counting<W> {
 }
 
 struct Meta {
-    st: rfs::Stat,
+    st: fstree::Meta,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     link: Option<Vec<u8>>,
 }
@@ -65,13 +65,13 @@ fn ftype(mode: u32) -> u32 {
 }
 
 fn meta(dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<Meta, DiffError> {
-    let st = beneath::stat_at(dir, name)
+    let st = fstree::lstat_at(dir, name)
         .map_err(|e| DiffError::io("stat", path, e))?
         .ok_or_else(|| DiffError::io("stat", path, io::ErrorKind::NotFound.into()))?;
     let mut xattrs =
-        beneath::xattrs_at(dir, name).map_err(|e| DiffError::io("read xattrs", path, e))?;
+        fstree::xattrs_at(dir, name).map_err(|e| DiffError::io("read xattrs", path, e))?;
     xattrs.retain(|(k, _)| !k.starts_with(b"trusted.overlay."));
-    let link = if ftype(st.st_mode) == libc::S_IFLNK {
+    let link = if ftype(st.raw_mode()) == libc::S_IFLNK {
         Some(
             rfs::readlinkat(dir, name, Vec::new())
                 .map_err(|e| DiffError::io("readlink", path, e.into()))?
@@ -140,21 +140,21 @@ impl<W: Write> Exporter<W> {
         let werr = |e| DiffError::io("write tar", path, e);
         let st = &m.st;
         let mut h = tar::Header::new_gnu();
-        h.set_mode(st.st_mode & 0o7777);
-        h.set_uid(st.st_uid as u64);
-        h.set_gid(st.st_gid as u64);
-        h.set_mtime(st.st_mtime.max(0) as u64);
+        h.set_mode(st.perm);
+        h.set_uid(u64::from(st.uid));
+        h.set_gid(u64::from(st.gid));
+        h.set_mtime(st.mtime.0.max(0) as u64);
         h.set_size(0);
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-        if st.st_mtime_nsec != 0 || st.st_mtime < 0 {
-            let mut frac = format!("{:09}", st.st_mtime_nsec);
+        if st.mtime.1 != 0 || st.mtime.0 < 0 {
+            let mut frac = format!("{:09}", st.mtime.1);
             while frac.ends_with('0') {
                 frac.pop();
             }
             let v = if frac.is_empty() {
-                format!("{}", st.st_mtime)
+                format!("{}", st.mtime.0)
             } else {
-                format!("{}.{frac}", st.st_mtime)
+                format!("{}.{frac}", st.mtime.0)
             };
             pax.push(("mtime".into(), v.into_bytes()));
         }
@@ -165,14 +165,14 @@ impl<W: Write> Exporter<W> {
             ));
         }
         let mut name = path.to_vec();
-        let t = ftype(st.st_mode);
+        let t = ftype(st.raw_mode());
         let os = |b: &[u8]| -> std::path::PathBuf {
             use std::os::unix::ffi::OsStrExt;
             std::ffi::OsStr::from_bytes(b).into()
         };
         // Hard links: a second name of an emitted inode is a link entry.
-        if t != libc::S_IFDIR && st.st_nlink > 1 {
-            let key = (st.st_dev, st.st_ino);
+        if t != libc::S_IFDIR && st.nlink > 1 {
+            let key = st.id();
             if let Some(first) = self.links.get(&key).cloned() {
                 h.set_entry_type(tar::EntryType::Link);
                 self.out
@@ -197,14 +197,14 @@ impl<W: Write> Exporter<W> {
             }
             libc::S_IFREG => {
                 h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(st.st_size as u64);
+                h.set_size(st.size);
                 let file = file
                     .ok_or_else(|| DiffError::io("open", path, io::ErrorKind::NotFound.into()))?;
                 // A file that changes size while exported would corrupt
                 // the stream: exactly st_size bytes or an error.
                 let mut r = ExactRead {
                     inner: file,
-                    left: st.st_size as u64,
+                    left: st.size,
                     path: path.to_vec(),
                 };
                 self.out
@@ -220,7 +220,7 @@ impl<W: Write> Exporter<W> {
                         ),
                     ));
                 }
-                self.content_bytes += st.st_size as u64;
+                self.content_bytes += st.size;
             }
             libc::S_IFLNK => {
                 h.set_entry_type(tar::EntryType::Symlink);
@@ -234,8 +234,8 @@ impl<W: Write> Exporter<W> {
                     _ => tar::EntryType::Fifo,
                 });
                 if t != libc::S_IFIFO {
-                    h.set_device_major(rfs::major(st.st_rdev)).map_err(werr)?;
-                    h.set_device_minor(rfs::minor(st.st_rdev)).map_err(werr)?;
+                    h.set_device_major(rfs::major(st.rdev)).map_err(werr)?;
+                    h.set_device_minor(rfs::minor(st.rdev)).map_err(werr)?;
                 }
                 self.out
                     .append_data(&mut h, os(&name), io::empty())
@@ -318,15 +318,15 @@ impl<W: Write> Exporter<W> {
         upper: bool,
     ) -> Result<(), DiffError> {
         let m = meta(dir, name, path)?;
-        let t = ftype(m.st.st_mode);
-        if upper && t == libc::S_IFCHR && m.st.st_rdev == 0 {
+        let t = ftype(m.st.raw_mode());
+        if upper && t == libc::S_IFCHR && m.st.rdev == 0 {
             let (d, n) = split(path);
             return self.whiteout(d, n);
         }
         self.flush_pending()?;
         if t == libc::S_IFDIR {
             let opaque = upper
-                && beneath::xattrs_at(dir, name)
+                && fstree::xattrs_at(dir, name)
                     .map_err(|e| DiffError::io("read xattrs", path, e))?
                     .iter()
                     .any(|(k, v)| k == OPAQUE_XATTR && v == b"y");
@@ -439,15 +439,14 @@ impl<W: Write> Exporter<W> {
     ) -> Result<(), DiffError> {
         let a = meta(l, n, path)?;
         let b = meta(p, n, path)?;
-        let (ta, tb) = (ftype(a.st.st_mode), ftype(b.st.st_mode));
+        let (ta, tb) = (ftype(a.st.raw_mode()), ftype(b.st.raw_mode()));
         if ta != tb {
             return self.emit_tree(l, n, path, false);
         }
-        let same_meta = a.st.st_mode == b.st.st_mode
-            && a.st.st_uid == b.st.st_uid
-            && a.st.st_gid == b.st.st_gid
-            && a.st.st_mtime == b.st.st_mtime
-            && a.st.st_mtime_nsec == b.st.st_mtime_nsec
+        let same_meta = a.st.raw_mode() == b.st.raw_mode()
+            && a.st.uid == b.st.uid
+            && a.st.gid == b.st.gid
+            && a.st.mtime == b.st.mtime
             && a.xattrs == b.xattrs;
         if ta == libc::S_IFDIR {
             let la = beneath::open_at(l, n, OFlags::RDONLY | OFlags::DIRECTORY, 0)
@@ -465,15 +464,9 @@ impl<W: Write> Exporter<W> {
             self.pending.pop();
             return r;
         }
-        let mut same = same_meta
-            && a.st.st_size == b.st.st_size
-            && a.st.st_rdev == b.st.st_rdev
-            && a.link == b.link;
-        if same
-            && ta == libc::S_IFREG
-            && a.st.st_mtime_nsec == 0
-            && (a.st.st_dev, a.st.st_ino) != (b.st.st_dev, b.st.st_ino)
-        {
+        let mut same =
+            same_meta && a.st.size == b.st.size && a.st.rdev == b.st.rdev && a.link == b.link;
+        if same && ta == libc::S_IFREG && a.st.mtime.1 == 0 && a.st.id() != b.st.id() {
             same = same_content(l, p, n, path)?;
         }
         if same {
