@@ -16,9 +16,9 @@
 //! Every error is one line naming the file, line, column and key, e.g.
 //! `/etc/layerd/layerd.toml:12:16: pool "main": monitor.warn_percent:
 //! expected an integer 0–100, found string "high"`. Spans come from the toml
-//! parser; to point at keys, the text is also read into a small spanned tree
-//! (`Tree`) that maps a byte span back to a key path, and a key path to a
-//! span.
+//! parser; to point at keys, the text is also read with the toml crate's
+//! spanned document API (`toml::de::DeTable`, wrapped as `Tree`), which maps
+//! a byte span back to a key path, and a key path to a span.
 //!
 //! Rules chosen where DESIGN.md leaves room (also documented in layerd.toml):
 //! - overlay and vfs pools live in a directory: `backing` may be omitted or
@@ -52,8 +52,9 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
 use nix::unistd::AccessFlags;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
+use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::shared::size::parse_size;
@@ -526,7 +527,7 @@ fn parse_inner(text: &str, origin: &Path, host_checks: bool) -> Result<Config, C
     let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, origin))?;
     // Parsed again only for spans, which semantic errors point at; a text
     // that deserialized above always parses here.
-    let tree = toml::from_str::<Tree>(text).ok();
+    let tree = Tree::parse(text);
     let located = |p: Problem| p.into_error(origin, Some((text, tree.as_ref())));
     let config = resolve(raw).map_err(located)?;
     validate(&config, host_checks).map_err(located)?;
@@ -706,273 +707,79 @@ fn pool_path(i: usize, rest: &[&str]) -> Vec<Seg> {
     p
 }
 
-/// The TOML document with the span of every key and value, used to turn
-/// an error span into a key path and a key path into a line.
-#[derive(Debug)]
-struct Tree {
-    /// Value span; `None` for tables made implicitly by dotted keys.
-    span: Option<Range<usize>>,
-    kind: TreeKind,
+/// The TOML document as the toml crate's own parser reads it, with the span
+/// of every key and value: turns an error span into a key path and a key
+/// path into a line. (A table made implicitly by a dotted key or a header
+/// has its key's span.)
+struct Tree<'i>(Spanned<DeValue<'i>>);
+
+fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
 }
 
-#[derive(Debug)]
-enum TreeKind {
-    Table(Vec<(TreeKey, Tree)>),
-    Array(Vec<Tree>),
-    Str(String),
-    Other,
-}
+impl<'i> Tree<'i> {
+    /// `None` when `text` is not TOML.
+    fn parse(text: &'i str) -> Option<Tree<'i>> {
+        let root = DeTable::parse(text).ok()?;
+        let span = root.span();
+        Some(Tree(Spanned::new(span, DeValue::Table(root.into_inner()))))
+    }
 
-#[derive(Debug)]
-struct TreeKey {
-    name: String,
-    span: Option<Range<usize>>,
-}
-
-/// The struct name and fields through which serde_spanned's `Spanned`
-/// asks toml for a span. They are private to those crates, so they are
-/// learnt from `Spanned` itself instead of copied: it is handed a probe
-/// deserializer that records what it is asked for. Unlike `Spanned<T>`,
-/// [`Tree`] also accepts values that have no span (implicit tables).
-fn spanned_protocol() -> Option<(&'static str, &'static [&'static str])> {
-    use std::cell::Cell;
-    type Seen = Cell<Option<(&'static str, &'static [&'static str])>>;
-    struct Probe<'a>(&'a Seen);
-    impl<'de> Deserializer<'de> for Probe<'_> {
-        type Error = de::value::Error;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("probe"))
-        }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            name: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            self.0.set(Some((name, fields)));
-            Err(de::Error::custom("probe"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-            bytes byte_buf option unit unit_struct newtype_struct seq tuple
-            tuple_struct map enum identifier ignored_any
-        }
-    }
-    let seen = Seen::new(None);
-    let _ = Spanned::<()>::deserialize(Probe(&seen));
-    seen.get().filter(|(_, fields)| fields.len() == 3)
-}
-
-/// Asks for a span when the deserializer can give one.
-fn deserialize_maybe_spanned<'de, D: Deserializer<'de>, V: Visitor<'de>>(
-    d: D,
-    visitor: V,
-) -> Result<V::Value, D::Error> {
-    match spanned_protocol() {
-        Some((name, fields)) => d.deserialize_struct(name, fields, visitor),
-        None => d.deserialize_any(visitor),
-    }
-}
-
-/// Which field of the span protocol `name` is: 0 start, 1 end, 2 value.
-fn protocol_field(name: &str) -> Option<usize> {
-    spanned_protocol().and_then(|(_, fields)| fields.iter().position(|f| *f == name))
-}
-
-impl<'de> Deserialize<'de> for TreeKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TreeKey;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<TreeKey, E> {
-                Ok(TreeKey {
-                    name: v.to_string(),
-                    span: None,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TreeKey, A::Error> {
-                let (mut start, mut end, mut name) = (None, None, None);
-                while let Some(k) = map.next_key::<String>()? {
-                    match protocol_field(&k) {
-                        Some(0) => start = Some(map.next_value::<usize>()?),
-                        Some(1) => end = Some(map.next_value::<usize>()?),
-                        _ => name = Some(map.next_value::<String>()?),
-                    }
-                }
-                let name = name.ok_or_else(|| de::Error::custom("key without a name"))?;
-                let span = start.zip(end).map(|(s, e)| s..e);
-                Ok(TreeKey { name, span })
-            }
-        }
-        deserialize_maybe_spanned(d, V)
-    }
-}
-
-struct TreeVisitor;
-
-impl<'de> Visitor<'de> for TreeVisitor {
-    type Value = Tree;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any TOML value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Tree, E> {
-        Ok(Tree {
-            span: None,
-            kind: TreeKind::Other,
-        })
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Tree, E> {
-        Ok(Tree {
-            span: None,
-            kind: TreeKind::Other,
-        })
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Tree, E> {
-        Ok(Tree {
-            span: None,
-            kind: TreeKind::Other,
-        })
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Tree, E> {
-        Ok(Tree {
-            span: None,
-            kind: TreeKind::Other,
-        })
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Tree, E> {
-        Ok(Tree {
-            span: None,
-            kind: TreeKind::Str(v.to_string()),
-        })
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tree, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Tree>()? {
-            items.push(item);
-        }
-        Ok(Tree {
-            span: None,
-            kind: TreeKind::Array(items),
-        })
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
-        let mut next = map.next_key::<TreeKey>()?;
-        // Either the span protocol wrapping the real value…
-        if next
-            .as_ref()
-            .is_some_and(|k| k.span.is_none() && protocol_field(&k.name).is_some())
-        {
-            let (mut start, mut end, mut value) = (None, None, None);
-            while let Some(k) = next {
-                match protocol_field(&k.name) {
-                    Some(0) => start = Some(map.next_value::<usize>()?),
-                    Some(1) => end = Some(map.next_value::<usize>()?),
-                    _ => value = Some(map.next_value_seed(BareTree)?),
-                }
-                next = map.next_key::<TreeKey>()?;
-            }
-            let mut tree = value.ok_or_else(|| de::Error::custom("span without a value"))?;
-            tree.span = start.zip(end).map(|(s, e)| s..e);
-            return Ok(tree);
-        }
-        // …or a table (or toml's private encoding of a date-time, which
-        // reads as a one-key table and does no harm).
-        let mut entries = Vec::new();
-        while let Some(k) = next {
-            let v = map.next_value::<Tree>()?;
-            entries.push((k, v));
-            next = map.next_key::<TreeKey>()?;
-        }
-        Ok(Tree {
-            span: None,
-            kind: TreeKind::Table(entries),
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for Tree {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        deserialize_maybe_spanned(d, TreeVisitor)
-    }
-}
-
-/// The value inside a span: asking for a span again would loop.
-struct BareTree;
-
-impl<'de> de::DeserializeSeed<'de> for BareTree {
-    type Value = Tree;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Tree, D::Error> {
-        d.deserialize_any(TreeVisitor)
-    }
-}
-
-fn contains(outer: &Option<Range<usize>>, inner: &Range<usize>) -> bool {
-    outer
-        .as_ref()
-        .is_some_and(|o| o.start <= inner.start && inner.end <= o.end)
-}
-
-impl Tree {
     /// The deepest key path whose key or value span contains `span`.
     fn path_at(&self, span: &Range<usize>) -> Vec<Seg> {
-        fn walk(t: &Tree, span: &Range<usize>, path: &mut Vec<Seg>, best: &mut Vec<Seg>) {
-            let mut visit =
-                |seg: Seg, key_span: Option<Range<usize>>, v: &Tree, path: &mut Vec<Seg>| {
-                    path.push(seg);
-                    if (contains(&key_span, span) || contains(&v.span, span))
-                        && path.len() > best.len()
-                    {
-                        *best = path.clone();
-                    }
-                    walk(v, span, path, best);
-                    path.pop();
-                };
-            match &t.kind {
-                TreeKind::Table(entries) => {
-                    for (k, v) in entries {
-                        visit(Seg::Key(k.name.clone()), k.span.clone(), v, path);
+        fn walk(v: &DeValue<'_>, span: &Range<usize>, path: &mut Vec<Seg>, best: &mut Vec<Seg>) {
+            let mut visit = |seg: Seg,
+                             key_span: Option<Range<usize>>,
+                             v: &Spanned<DeValue<'_>>,
+                             path: &mut Vec<Seg>| {
+                path.push(seg);
+                if (key_span.is_some_and(|k| contains(&k, span)) || contains(&v.span(), span))
+                    && path.len() > best.len()
+                {
+                    *best = path.clone();
+                }
+                walk(v.get_ref(), span, path, best);
+                path.pop();
+            };
+            match v {
+                DeValue::Table(entries) => {
+                    for (k, v) in entries.iter() {
+                        visit(Seg::Key(k.get_ref().to_string()), Some(k.span()), v, path);
                     }
                 }
-                TreeKind::Array(items) => {
+                DeValue::Array(items) => {
                     for (i, v) in items.iter().enumerate() {
                         visit(Seg::Index(i), None, v, path);
                     }
                 }
-                TreeKind::Str(_) | TreeKind::Other => {}
+                _ => {}
             }
         }
         let mut best = Vec::new();
-        walk(self, span, &mut Vec::new(), &mut best);
+        walk(self.0.get_ref(), span, &mut Vec::new(), &mut best);
         best
     }
 
-    /// The node at `path`, and its value span (or, for an implicit table,
-    /// its key's span) when known.
-    fn get(&self, path: &[Seg]) -> Option<(&Tree, Option<Range<usize>>)> {
-        let mut node = self;
-        let mut span = node.span.clone();
+    /// The value at `path`, and its span.
+    fn get(&self, path: &[Seg]) -> Option<&Spanned<DeValue<'i>>> {
+        let mut node = &self.0;
         for seg in path {
-            let (key_span, next) = match (&node.kind, seg) {
-                (TreeKind::Table(entries), Seg::Key(k)) => entries
+            node = match (node.get_ref(), seg) {
+                (DeValue::Table(entries), Seg::Key(k)) => entries
                     .iter()
-                    .find(|(ek, _)| ek.name == *k)
-                    .map(|(ek, v)| (ek.span.clone(), v)),
-                (TreeKind::Array(items), Seg::Index(i)) => items.get(*i).map(|v| (None, v)),
+                    .find(|(ek, _)| ek.get_ref() == k)
+                    .map(|(_, v)| v),
+                (DeValue::Array(items), Seg::Index(i)) => items.get(*i),
                 _ => None,
             }?;
-            span = next.span.clone().or(key_span);
-            node = next;
         }
-        Some((node, span))
+        Some(node)
     }
 
     /// The string at `path`, if that is a string.
     fn str_at(&self, path: &[Seg]) -> Option<&str> {
-        match &self.get(path)?.0.kind {
-            TreeKind::Str(s) => Some(s),
+        match self.get(path)?.get_ref() {
+            DeValue::String(s) => Some(s),
             _ => None,
         }
     }
@@ -1008,7 +815,7 @@ fn pool_label(name: Option<&str>, index: usize) -> String {
 /// Splits a key path into the message prefix (`pool "main": ` or empty),
 /// the key relative to it (`monitor.warn_percent`), and the table-path key
 /// without indices (`pool.monitor.warn_percent`).
-fn describe(path: &[Seg], tree: Option<&Tree>) -> (String, String, String) {
+fn describe(path: &[Seg], tree: Option<&Tree<'_>>) -> (String, String, String) {
     let dotted = |segs: &[Seg]| {
         let mut out = String::new();
         for seg in segs {
@@ -1057,7 +864,7 @@ fn toml_error(e: &toml::de::Error, text: &str, origin: &Path) -> ConfigError {
         key,
         message,
     };
-    let Ok(tree) = toml::from_str::<Tree>(text) else {
+    let Some(tree) = Tree::parse(text) else {
         // Not even TOML: name the key on that line, if there is one.
         let line_text = text.lines().nth(line - 1).unwrap_or("");
         let key = line_text
@@ -1070,7 +877,11 @@ fn toml_error(e: &toml::de::Error, text: &str, origin: &Path) -> ConfigError {
         } else {
             format!(" at key {key:?}")
         };
-        let msg = raw_msg.replace('`', "\"");
+        let msg = if raw_msg == "duplicate key" && !key.is_empty() {
+            duplicate_key_message(text, line, key)
+        } else {
+            raw_msg.replace('`', "\"")
+        };
         return invalid(key.to_string(), format!("invalid TOML{at}: {msg}"));
     };
     let path = tree.path_at(&span);
@@ -1118,6 +929,37 @@ fn toml_error(e: &toml::de::Error, text: &str, origin: &Path) -> ConfigError {
         format!("{rel}: ")
     };
     invalid(table_key, format!("{prefix}{at}{msg}"))
+}
+
+/// toml 1.x says only "duplicate key"; name the key and its table as
+/// toml 0.8 did (`duplicate key "driver" in table "pool"`), the table
+/// being the last header above `line` (1-based) plus the key's dotted prefix.
+fn duplicate_key_message(text: &str, line: usize, key: &str) -> String {
+    let header = text
+        .lines()
+        .take(line.saturating_sub(1))
+        .filter_map(|l| {
+            let l = l.trim();
+            let inner = l.strip_prefix('[')?;
+            let inner = inner.split(']').next()?;
+            Some(inner.trim_start_matches('[').trim().to_string())
+        })
+        .last();
+    let (prefix, name) = match key.rsplit_once('.') {
+        Some((prefix, name)) => (Some(prefix.trim()), name.trim()),
+        None => (None, key),
+    };
+    let table: Vec<&str> = header
+        .as_deref()
+        .into_iter()
+        .chain(prefix)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if table.is_empty() {
+        format!("duplicate key {name:?} in document root")
+    } else {
+        format!("duplicate key {name:?} in table {:?}", table.join("."))
+    }
 }
 
 /// serde's "invalid type: X, expected Y" reads better as "expected Y,
@@ -1219,14 +1061,10 @@ impl Problem {
         }
     }
 
-    fn into_error(self, origin: &Path, source: Option<(&str, Option<&Tree>)>) -> ConfigError {
+    fn into_error(self, origin: &Path, source: Option<(&str, Option<&Tree<'_>>)>) -> ConfigError {
         let location = source.map(|(text, tree)| {
             let offset = tree
-                .and_then(|t| {
-                    self.at
-                        .iter()
-                        .find_map(|p| t.get(p).and_then(|(_, span)| span))
-                })
+                .and_then(|t| self.at.iter().find_map(|p| t.get(p).map(|v| v.span())))
                 .map_or(0, |span| span.start);
             line_col(text, offset)
         });
@@ -2658,6 +2496,26 @@ mod tests {
             }
             assert!(parts.next().is_some_and(|m| m.len() > 10), "{msg}");
         }
+    }
+
+    #[test]
+    fn duplicate_keys_name_key_and_table() {
+        let base = "[[pool]]\nname = \"a\"\ndriver = \"vfs\"\n";
+        assert_err(
+            &format!("{base}driver = \"vfs\"\n"),
+            4,
+            &[r#"invalid TOML at key "driver": duplicate key "driver" in table "pool""#],
+        );
+        assert_err(
+            &format!("{base}[pool.monitor]\nwarn_percent = 1\nwarn_percent = 2\n"),
+            6,
+            &[r#"duplicate key "warn_percent" in table "pool.monitor""#],
+        );
+        assert_err(
+            "x = 1\nx = 2\n",
+            2,
+            &[r#"duplicate key "x" in document root"#],
+        );
     }
 
     #[test]
