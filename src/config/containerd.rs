@@ -97,7 +97,7 @@ pub(super) fn resolve(
     ContainerdConfig {
         socket_dir: raw
             .socket_dir
-            .map_or_else(|| run_dir.to_path_buf(), super::normalize),
+            .map_or_else(|| run_dir.to_path_buf(), super::resolve::normalize),
         socket_group: raw.socket_group,
         snapshotters,
     }
@@ -112,7 +112,7 @@ pub(super) fn validate(
     host_checks: bool,
 ) -> Result<(), Problem> {
     let p = |key, message| Problem { key, message };
-    super::check_abs_path(&c.socket_dir).map_err(|m| p("socket_dir", m))?;
+    super::validate::check_abs_path(&c.socket_dir).map_err(|m| p("socket_dir", m))?;
     for (i, s) in c.snapshotters.iter().enumerate() {
         check_name(&s.name).map_err(|m| p("snapshotter", m))?;
         if !pool_exists(&s.pool) {

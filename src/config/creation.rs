@@ -19,7 +19,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{kind_of, Backing, Driver, PoolConfig, ThinFs};
+use super::host::kind_of;
+use super::{Backing, Driver, PoolConfig, ThinFs};
 
 /// `mkfs.btrfs`'s minimum for one device with default profiles.
 pub const BTRFS_MIN_SIZE: u64 = 109 << 20;
