@@ -266,7 +266,11 @@ impl Problem {
         }
     }
 
-    pub(super) fn into_error(self, origin: &Path, source: Option<(&str, Option<&Tree<'_>>)>) -> ConfigError {
+    pub(super) fn into_error(
+        self,
+        origin: &Path,
+        source: Option<(&str, Option<&Tree<'_>>)>,
+    ) -> ConfigError {
         let location = source.map(|(text, tree)| {
             let offset = tree
                 .and_then(|t| self.at.iter().find_map(|p| t.get(p).map(|v| v.span())))

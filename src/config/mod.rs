@@ -58,6 +58,7 @@ mod validate;
 use std::fs;
 use std::path::Path;
 
+pub use crate::shared::size::parse_size;
 pub use containerd::{ContainerdConfig, SnapshotterConfig};
 pub use creation::{BTRFS_MIN_SIZE, MAX_OVERCOMMIT};
 pub use duration::parse_duration;
@@ -66,10 +67,9 @@ pub use model::{
     Backing, Config, DaemonConfig, Driver, MaintenanceConfig, MonitorConfig, PoolConfig,
     ThinConfig, ThinFs, DEFAULT_AUTOEXTEND_MAX, DEFAULT_BALANCE,
     DEFAULT_BALANCE_UNALLOCATED_PERCENT, DEFAULT_BASE_SIZE, DEFAULT_BLOCK_SIZE,
-    DEFAULT_DIFF_IDLE_TIMEOUT, DEFAULT_LOOP_SIZE, DEFAULT_POOL, DEFAULT_RUN_DIR,
-    DEFAULT_STATE_DIR, DEFAULT_TRIM, MAX_BALANCE_UNALLOCATED_PERCENT,
+    DEFAULT_DIFF_IDLE_TIMEOUT, DEFAULT_LOOP_SIZE, DEFAULT_POOL, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR,
+    DEFAULT_TRIM, MAX_BALANCE_UNALLOCATED_PERCENT,
 };
-pub use crate::shared::size::parse_size;
 
 use locate::{toml_error, Problem};
 use raw::RawConfig;
@@ -115,7 +115,11 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     parse_inner(text, origin, true)
 }
 
-pub(super) fn parse_inner(text: &str, origin: &Path, host_checks: bool) -> Result<Config, ConfigError> {
+pub(super) fn parse_inner(
+    text: &str,
+    origin: &Path,
+    host_checks: bool,
+) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, origin))?;
     // Parsed again only for spans, which semantic errors point at; a text
     // that deserialized above always parses here.

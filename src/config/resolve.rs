@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use super::containerd;
 use super::locate::Problem;
 use super::model::*;
 use super::raw::{Percent, RawConfig, RawPool, Size};
-use super::containerd;
 
 /// Drops `.`, repeated and trailing slashes, so that equal paths compare
 /// equal (`..` is kept, and rejected by validation).

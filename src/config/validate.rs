@@ -5,8 +5,8 @@ use std::path::{Component, Path};
 
 use super::host::check_pool_host;
 use super::locate::{is_valid_pool_name, Problem};
-use super::raw::check_calendar;
 use super::model::*;
+use super::raw::check_calendar;
 use super::{containerd, creation};
 
 /// Checks `config`; `host_checks` adds the read-only look at the file
