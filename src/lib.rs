@@ -9,6 +9,7 @@ pub mod config;
 pub mod containerd;
 pub mod dbus;
 pub mod engine;
+pub mod filters;
 pub mod logging;
 pub mod maintenance;
 pub mod monitor;

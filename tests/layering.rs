@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("dbus", &["engine", "shared"]),
     ("containerd", &["engine", "config", "shared"]),
-    ("engine", &["backend", "sys", "shared"]),
+    ("engine", &["backend", "filters", "sys", "shared"]),
     ("backend", &["sys", "shared"]),
     ("monitor", &["engine", "sys", "shared"]),
     ("maintenance", &["config", "dbus", "engine", "shared"]),
     ("config", &["shared"]),
     ("sys", &["shared"]),
+    ("filters", &["shared"]),
     ("shared", &[]),
 ];
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use super::error::{Error, Result};
-use super::filters::{Adaptor, Filter};
+use crate::filters::{Adaptor, Filter};
 use super::store::{MountRef, WriteTx};
 use super::types::{Kind, LayerInfo, LayerRecord, State};
 use super::{chain, fault, layer_ref, lock, validate, Engine};

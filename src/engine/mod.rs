@@ -14,7 +14,6 @@ mod backing;
 pub mod diff;
 pub mod error;
 pub mod fault;
-pub mod filters;
 pub mod guard;
 pub mod jobs;
 mod layers;
