@@ -62,7 +62,7 @@ impl Overlay {
             return Ok(());
         }
         let spec = self.spec(l);
-        let (len, max) = (spec.data_len(), max_mount_data());
+        let (len, max) = (mount::data_len(&spec), max_mount_data());
         if spec.fstype == "bind" || len <= max {
             return Ok(());
         }
@@ -212,7 +212,7 @@ impl Backend for Overlay {
 
     fn mounts(&self, l: LayerRef<'_>) -> Result<Option<Vec<MountSpec>>, BackendError> {
         let spec = self.spec(l);
-        Ok((spec.data_len() <= max_mount_data()).then(|| vec![spec]))
+        Ok((mount::data_len(&spec) <= max_mount_data()).then(|| vec![spec]))
     }
 
     fn mount(&self, l: LayerRef<'_>, target: &Path) -> Result<(), BackendError> {

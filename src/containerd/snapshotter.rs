@@ -14,7 +14,7 @@ use super::error;
 use super::scope::Scope;
 use crate::engine::types::{Kind, LayerInfo};
 use crate::engine::Engine;
-use crate::sys::mount::MountSpec;
+use crate::shared::mount::MountSpec;
 
 /// One socket: one pool, one key space.
 pub struct Snapshotter {

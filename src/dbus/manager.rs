@@ -15,7 +15,7 @@ use super::{blocking, caller, pool_path};
 use crate::engine::diff::watch::Cancel;
 use crate::engine::types::{Kind, LayerInfo};
 use crate::engine::Engine;
-use crate::sys::mount::MountSpec;
+use crate::shared::mount::MountSpec;
 
 type Spec = (String, String, Vec<String>);
 type Labels = HashMap<String, String>;

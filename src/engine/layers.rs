@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use super::error::{Error, Result};
-use crate::filters::{Adaptor, Filter};
 use super::store::{MountRef, WriteTx};
 use super::types::{Kind, LayerInfo, LayerRecord, State};
 use super::{chain, fault, layer_ref, lock, validate, Engine};
+use crate::filters::{Adaptor, Filter};
 use crate::shared::time::now_us;
 use crate::sys::mount::MountSpec;
 

@@ -6,6 +6,7 @@ pub mod device;
 pub mod error;
 pub mod image;
 pub mod layer;
+pub mod mount;
 pub mod size;
 pub mod sync;
 pub mod time;

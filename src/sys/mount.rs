@@ -125,82 +125,14 @@ fn log_suffix(log: &str) -> String {
     }
 }
 
-/// A mount spec as mount(8) takes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountSpec {
-    pub fstype: String,
-    pub source: String,
-    pub options: Vec<String>,
-}
+pub use crate::shared::mount::MountSpec;
 
-impl MountSpec {
-    /// Overlay spec with lowers nearest-first; upper = Some((upperdir, workdir))
-    /// for writable; adds index=off.
-    ///
-    /// Paths are escaped the way overlay's option parser wants them (`\` before
-    /// `:`, `,` and `\`). Paths that are not UTF-8 are converted lossily (the
-    /// spec's strings must be UTF-8 for D-Bus); layerd's own paths are ASCII.
-    /// Without an upper the overlay is read-only by nature (no "ro" is added,
-    /// as containerd does not add one either). The kernel refuses a read-only
-    /// overlay of a single lower ("at least 2 lowerdir are needed while
-    /// upperdir nonexistent", `EINVAL`); for such a view use
-    /// [`MountSpec::bind`]`(lower, true)`, as containerd does.
-    pub fn overlay(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> MountSpec {
-        let lowerdir: Vec<String> = lowers.iter().map(|l| escape_classic(l)).collect();
-        let mut options = vec![format!("lowerdir={}", lowerdir.join(":"))];
-        if let Some((upperdir, workdir)) = upper {
-            options.push(format!("upperdir={}", escape_classic(upperdir)));
-            options.push(format!("workdir={}", escape_classic(workdir)));
-        }
-        options.push("index=off".to_string());
-        MountSpec {
-            fstype: "overlay".to_string(),
-            source: "overlay".to_string(),
-            options,
-        }
-    }
-
-    /// A bind mount of `source`, read-only or read-write.
-    ///
-    /// Options are `["bind", "ro"|"rw"]`. containerd hands out `["rbind", …]`
-    /// for its bind views, but a layer directory has no submounts that should
-    /// come along, and a recursive bind would drag in any stray mount below the
-    /// source while `ro` would only reach its top mount. The explicit "rw"
-    /// keeps the intent visible to whoever reads the spec. mount(8) and
-    /// [`mount_spec`] apply "ro" with a second, remounting `mount(2)`, since a
-    /// bind ignores `MS_RDONLY` on the first call.
-    pub fn bind(source: &Path, readonly: bool) -> MountSpec {
-        MountSpec {
-            fstype: "bind".to_string(),
-            source: source.to_string_lossy().into_owned(),
-            options: vec![
-                "bind".to_string(),
-                if readonly { "ro" } else { "rw" }.to_string(),
-            ],
-        }
-    }
-
-    /// Length in bytes of the data string mount(2) would get (options minus
-    /// those mount(8) turns into flags: ro, rw, bind, rbind, …), comma-joined.
-    pub fn data_len(&self) -> usize {
-        let parsed = ParsedOptions::parse(&self.options);
-        let n = parsed.data.len();
-        parsed.data.iter().map(|d| d.len()).sum::<usize>() + n.saturating_sub(1)
-    }
-}
-
-/// Escapes a path for overlay's classic option syntax: `\` before `:`, `,`
-/// and `\` (overlay splits options on `,` and lowerdir on `:`, honouring `\`).
-fn escape_classic(path: &Path) -> String {
-    let s = path.to_string_lossy();
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '\\' | ':' | ',') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+/// Length in bytes of the data string mount(2) would get (options minus
+/// those mount(8) turns into flags: ro, rw, bind, rbind, …), comma-joined.
+pub fn data_len(spec: &MountSpec) -> usize {
+    let parsed = ParsedOptions::parse(&spec.options);
+    let n = parsed.data.len();
+    parsed.data.iter().map(|d| d.len()).sum::<usize>() + n.saturating_sub(1)
 }
 
 /// Page size minus the NUL: the longest option data classic mount(2) takes
@@ -668,7 +600,7 @@ mod tests {
             ro.options,
             vec!["lowerdir=/a".to_string(), "index=off".to_string()]
         );
-        assert_eq!(ro.data_len(), "lowerdir=/a,index=off".len());
+        assert_eq!(data_len(&ro), "lowerdir=/a,index=off".len());
     }
 
     #[test]
@@ -677,7 +609,7 @@ mod tests {
         assert_eq!(ro.fstype, "bind");
         assert_eq!(ro.source, "/src");
         assert_eq!(ro.options, vec!["bind".to_string(), "ro".to_string()]);
-        assert_eq!(ro.data_len(), 0);
+        assert_eq!(data_len(&ro), 0);
         assert_eq!(MountSpec::bind(Path::new("/src"), false).options[1], "rw");
         let spec = MountSpec {
             fstype: "ext4".into(),
@@ -693,7 +625,7 @@ mod tests {
             .map(String::from)
             .to_vec(),
         };
-        assert_eq!(spec.data_len(), "errors=remount-ro,data=ordered".len());
+        assert_eq!(data_len(&spec), "errors=remount-ro,data=ordered".len());
         let parsed = ParsedOptions::parse(&spec.options);
         assert_eq!(parsed.flags, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID);
         assert_eq!(
@@ -832,7 +764,7 @@ mod tests {
         let (up, work) = (layers.dir("u"), layers.dir("w"));
         let upper = writable.then_some((up.as_path(), work.as_path()));
         let spec = MountSpec::overlay(&layers.lowers, upper);
-        assert!(spec.data_len() <= max_mount_data());
+        assert!(data_len(&spec) <= max_mount_data());
         let mut mounts = Mounts::default();
         mounts.add(&target);
         mount_spec(&spec, &target).expect("mount_spec overlay");
@@ -915,7 +847,7 @@ mod tests {
         }
         let spec = MountSpec::overlay(&lowers, None);
         assert_eq!(
-            spec.data_len(),
+            data_len(&spec),
             max,
             "test must build data of exactly one page minus NUL"
         );
@@ -932,12 +864,12 @@ mod tests {
         let layers = Layers::new(300, |i| format!("layer-{i:04}"));
         let target = layers.dir("m");
         let spec = MountSpec::overlay(&layers.lowers, None);
-        assert!(spec.data_len() > max_mount_data());
+        assert!(data_len(&spec) > max_mount_data());
         let mut mounts = Mounts::default();
         mounts.add(&target);
         match mount_spec(&spec, &target) {
             Err(MountError::OptionsTooLong { len, max }) => {
-                assert_eq!(len, spec.data_len());
+                assert_eq!(len, data_len(&spec));
                 assert_eq!(max, max_mount_data());
             }
             other => panic!("expected OptionsTooLong, got {other:?}"),
