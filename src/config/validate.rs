@@ -228,7 +228,6 @@ fn validate_pool(i: usize, pool: &PoolConfig) -> Result<(), Problem> {
 }
 
 /// Absolute, and without `..` (which would make overlap checks lie).
-
 pub(super) fn check_abs_path(p: &Path) -> Result<(), String> {
     if !p.is_absolute() {
         return Err(format!("{p:?} is not an absolute path"));
